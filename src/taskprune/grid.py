@@ -1,0 +1,123 @@
+"""The experiment grid: which model variants a config produces, and where each one's files live.
+
+The Snakefile's input functions, the metrics collector and the figures all enumerate variants through
+this module, so the paths in ``results/`` follow one definition (DESIGN.md's data contracts).
+
+A variant is ``{model}/base`` or ``{model}/{method}/{level}/{seed}[/recovered]``; ``{seed}`` is 0 for the
+deterministic methods and ``{level}`` is the percentage as written in the config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from taskprune.config import Config, RecoverySelection, format_level, parse_method
+
+BASE = "base"
+
+
+@dataclass(frozen=True, order=True)
+class Variant:
+    model: str
+    method: str = BASE  # "base" for the unpruned model
+    level: str = "0"
+    seed: int = 0
+    stage: str = "base"  # base | pruned | recovered
+
+    @property
+    def path(self) -> str:
+        """The ``{variant}`` path fragment used under results/eval/ and results/bench/."""
+        if self.stage == "base":
+            return f"{self.model}/base"
+        core = f"{self.model}/{self.method}/{self.level}/{self.seed}"
+        return f"{core}/recovered" if self.stage == "recovered" else core
+
+    @property
+    def checkpoint(self) -> str:
+        """Directory of this variant's weights (a hub id or path for a pretrained base model is resolved
+        by the caller; this returns the results/ path)."""
+        if self.stage == "base":
+            return f"results/models/{self.model}"
+        if self.stage == "pruned":
+            return f"results/pruned/{self.model}/{self.method}/{self.level}/{self.seed}"
+        return f"results/recovered/{self.model}/{self.method}/{self.level}/{self.seed}"
+
+    @property
+    def level_pct(self) -> float:
+        return float(self.level)
+
+    @property
+    def pruned(self) -> Variant:
+        return Variant(self.model, self.method, self.level, self.seed, "pruned")
+
+
+def seeds_for(cfg: Config, method: str) -> list[int]:
+    direction, _ = parse_method(method)
+    return list(cfg.pruning.seeds) if direction == "random" else [0]
+
+
+def pruned_variants(cfg: Config, model: str | None = None) -> list[Variant]:
+    out = []
+    for m in [model] if model else list(cfg.models):
+        for method in cfg.pruning.methods:
+            for level in cfg.levels_for(m):
+                for seed in seeds_for(cfg, method):
+                    out.append(Variant(m, method, format_level(level), seed, "pruned"))
+    return out
+
+
+def _selected(sel: RecoverySelection, cfg: Config, v: Variant) -> bool:
+    if v.method != sel.method:
+        return False
+    levels = [format_level(x) for x in cfg.levels_for(v.model)]
+    if sel.levels == "max":
+        ok_level = v.level == max(levels, key=float)
+    elif sel.levels == "all":
+        ok_level = True
+    else:
+        ok_level = v.level in {format_level(x) for x in sel.levels}
+    seeds = seeds_for(cfg, v.method)
+    if sel.seeds == "all":
+        ok_seed = True
+    elif sel.seeds == "first":
+        ok_seed = v.seed == seeds[0]
+    else:
+        ok_seed = v.seed in sel.seeds
+    return ok_level and ok_seed
+
+
+def recovered_variants(cfg: Config, model: str | None = None) -> list[Variant]:
+    if not cfg.recovery.enabled:
+        return []
+    out = []
+    for v in pruned_variants(cfg, model):
+        if any(_selected(sel, cfg, v) for sel in cfg.recovery.variants):
+            out.append(Variant(v.model, v.method, v.level, v.seed, "recovered"))
+    return out
+
+
+def base_variants(cfg: Config) -> list[Variant]:
+    return [Variant(m) for m in cfg.models]
+
+
+def all_variants(cfg: Config) -> list[Variant]:
+    return base_variants(cfg) + pruned_variants(cfg) + recovered_variants(cfg)
+
+
+def tasks_for(cfg: Config, model: str) -> list[str]:
+    """The tasks a variant of ``model`` is evaluated on: its target task, then its distractors."""
+    m = cfg.models[model]
+    return [m.task, *m.distractors]
+
+
+def parse_variant(path: str) -> Variant:
+    """Inverse of :attr:`Variant.path`."""
+    parts = path.strip("/").split("/")
+    if len(parts) == 2 and parts[1] == BASE:
+        return Variant(parts[0])
+    if len(parts) in (4, 5):
+        stage = "recovered" if len(parts) == 5 and parts[4] == "recovered" else "pruned"
+        if len(parts) == 5 and parts[4] != "recovered":
+            raise ValueError(f"not a variant path: {path}")
+        return Variant(parts[0], parts[1], parts[2], int(parts[3]), stage)
+    raise ValueError(f"not a variant path: {path}")
