@@ -461,3 +461,71 @@ def deep_update(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
+
+
+# ------------------------------------------------------------------------ stage command options
+
+
+def add_config_arguments(parser: Any) -> None:
+    """``--options JSON`` (what Snakemake rules pass) or ``--config FILE`` (a whole config, for humans)."""
+    group = parser.add_argument_group("configuration")
+    group.add_argument(
+        "--options",
+        metavar="JSON",
+        help="JSON object of the config sections this stage uses, e.g. '{\"stats\": {\"token_budget\": 4096}}' "
+        "(what the Snakemake rules pass); unspecified keys take their defaults",
+    )
+    group.add_argument(
+        "--config",
+        metavar="FILE",
+        action="append",
+        help="read the sections from a whole config YAML instead (repeatable; later files override)",
+    )
+
+
+def stage_options(args: Any, sections: dict[str, type[BaseModel] | Any], model: str | None = None) -> Any:
+    """Validate the sections a stage needs and return them as attributes of a namespace.
+
+    ``sections`` maps a section name to its pydantic model (or to a plain default value for scalars such
+    as ``device``). With ``--config FILE``, sections are read from the validated whole config; the special
+    section ``model`` is ``config.models[model]`` and ``task`` is the model's target task config.
+    """
+    import json
+    from types import SimpleNamespace
+
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        cfg = load_config(*args.config)
+        data = cfg.model_dump()
+        if model is not None:
+            if model not in cfg.models:
+                raise ConfigError(f"--model '{model}' is not in the config's models ({', '.join(cfg.models)})")
+            data["model"] = data["models"][model]
+        raw = data
+        source = ", ".join(args.config)
+    else:
+        text = getattr(args, "options", None) or "{}"
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--options: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError("--options: expected a JSON object of config sections")
+        unknown = [k for k in raw if k not in sections]
+        if unknown:
+            guess = difflib.get_close_matches(unknown[0], list(sections), n=1)
+            hint = f"; did you mean '{guess[0]}'?" if guess else ""
+            raise ConfigError(
+                f"--options: unknown section '{unknown[0]}'{hint} (this stage uses: {', '.join(sections)})"
+            )
+        source = "--options"
+    for name, spec in sections.items():
+        if isinstance(spec, type) and issubclass(spec, BaseModel):
+            if name not in raw and spec in (ModelConfig, TaskConfig):
+                raise ConfigError(f"{source}: missing required section '{name}'")
+            values[name] = validate_section(raw.get(name, {}), spec, name, source)
+        else:
+            values[name] = raw.get(name, spec)
+    if "device" in values and values["device"] not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"{source}: key 'device' has bad value {values['device']!r}: expected auto, cpu or cuda")
+    return SimpleNamespace(**values)

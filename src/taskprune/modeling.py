@@ -1,0 +1,83 @@
+"""Loading models and tokenizers the same way in every stage.
+
+One place decides the device and dtype (``device: auto`` -> CUDA in bfloat16 when available, else CPU in
+float32), resolves a checkpoint directory or hub id, gives a tokenizer without a pad token one (the EOS
+token, left padding for generation), and loads checkpoints whose MLPs were pruned to per-layer widths.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from taskprune.errors import ModelError
+
+
+def resolve_device(device: str = "auto") -> tuple[Any, Any]:
+    """(torch.device, dtype) for ``auto|cpu|cuda``: bf16 on CUDA, fp32 on CPU."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device: 'cuda' was requested but no CUDA device is available (use auto or cpu)")
+    if device not in ("cpu", "cuda"):
+        raise ModelError(f"device: expected auto, cpu or cuda, got {device!r}")
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    return torch.device(device), dtype
+
+
+def check_checkpoint_dir(path: str | os.PathLike[str]) -> Path | None:
+    """Return the directory if ``path`` is a local checkpoint, ``None`` if it looks like a hub id.
+
+    A local directory must hold ``config.json`` and every weight shard its index names.
+    """
+    import json
+
+    p = Path(path)
+    if not p.exists():
+        if str(path).startswith((".", "/", "results")) or os.sep in str(path).strip("/").split("/", 1)[-1]:
+            raise ModelError(f"{p}: model directory not found")
+        return None  # a hub id such as Qwen/Qwen2.5-Math-1.5B-Instruct
+    if not (p / "config.json").is_file():
+        raise ModelError(f"{p}: not a model checkpoint (no config.json)")
+    index = p / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+        missing = [s for s in shards if not (p / s).is_file()]
+        if missing:
+            raise ModelError(f"{p}: checkpoint is missing weight shard(s) {', '.join(missing)}")
+    elif not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
+        raise ModelError(f"{p}: checkpoint has no weight files (*.safetensors)")
+    return p
+
+
+def load_tokenizer(path: str | os.PathLike[str], padding_side: str = "left") -> Any:
+    """A tokenizer with a pad token (the EOS token when the checkpoint has none)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ModelError(f"{path}: tokenizer has neither a pad token nor an EOS token")
+        tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def load_model(path: str | os.PathLike[str], device: str = "auto", dtype: Any = None) -> Any:
+    """Load a causal LM (stock, or pruned to per-layer widths) in eval mode on the resolved device."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    check_checkpoint_dir(path)
+    torch_device, default_dtype = resolve_device(device)
+    dtype = dtype or default_dtype
+    config = AutoConfig.from_pretrained(str(path))
+    if getattr(config, "taskprune_layer_widths", None):
+        from taskprune.prune import load_pruned  # per-layer widths need our loader
+
+        model = load_pruned(path, dtype=dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    return model.to(torch_device).eval()
