@@ -108,6 +108,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:  # pragma: no cover - console-script shim
+    """Console script: hand the command to the warm worker when Snakemake started one (see worker.py)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if os.environ.get("TASKPRUNE_WORKER_SOCKET"):
+        from taskprune.worker import try_run_via_worker
+
+        rc = try_run_via_worker(sys.argv[1:])
+        if rc is not None:
+            sys.exit(rc)
     sys.exit(main())
 
 

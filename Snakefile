@@ -1,0 +1,64 @@
+# taskprune: find the task-specific MLP neurons of a specialised LM, prune them into a real smaller
+# checkpoint, recover with LoRA, and measure what is lost, what recovers and what is gained.
+#
+#   snakemake --cores 2                                  # embedded default (config/config.yaml)
+#   snakemake --cores 2 --configfile config/smoke.yaml   # smallest grid that runs every rule
+#   snakemake --profile profiles/slurm --configfile config/paper.yaml   # the paper's Qwen grid on SLURM
+#   snakemake --report results/report.html               # the HTML report of a finished run
+#
+# The DAG: data -> train (embedded models) -> stats -> scores -> prune -> recover -> evaluate -> metrics
+#          -> bench -> findings -> figures. All logic is in src/taskprune/; rules only call `taskprune <stage>`.
+
+import os
+import tempfile
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/stats.smk"
+include: "workflow/rules/scores.smk"
+include: "workflow/rules/prune.smk"
+include: "workflow/rules/recover.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/bench.smk"
+include: "workflow/rules/figures.smk"
+
+
+onstart:
+    # Local runs: one warm process imports torch/transformers once and forks a child per job
+    # (src/taskprune/worker.py); TASKPRUNE_WORKER=0 turns it off. Cluster jobs never use it.
+    if workflow.local_exec and not workflow.dryrun and os.environ.get("TASKPRUNE_WORKER", "1") != "0":
+        from taskprune.worker import ENV_SOCKET, start_daemon
+
+        _sock = os.path.join(tempfile.gettempdir(), f"taskprune-worker-{os.getpid()}.sock")
+        os.makedirs("logs", exist_ok=True)
+        if start_daemon(_sock, os.getpid(), log_path="logs/worker.log"):
+            os.environ[ENV_SOCKET] = _sock
+
+
+onsuccess:
+    from taskprune.worker import stop
+
+    if os.environ.get("TASKPRUNE_WORKER_SOCKET"):
+        stop(os.environ["TASKPRUNE_WORKER_SOCKET"])
+
+
+onerror:
+    from taskprune.worker import stop
+
+    if os.environ.get("TASKPRUNE_WORKER_SOCKET"):
+        stop(os.environ["TASKPRUNE_WORKER_SOCKET"])
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Quick start, command 2: set up what the tests need and run them (unit tests, the bad-input matrix,
+# and the whole DAG on config/smoke.yaml end to end). With CI=true it also brings up a single-node
+# SLURM cluster and runs the smoke config through profiles/slurm.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+ruff check src tests
+set +e
+python -m pytest -q -p no:cacheprovider "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then echo "[test] pytest collected no tests: failing"; exit 1; fi
+exit "$rc"

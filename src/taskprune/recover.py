@@ -1,0 +1,602 @@
+"""Recovery: LoRA fine-tuning of a pruned checkpoint on its target task, merged back into a normal checkpoint.
+
+The paper asks whether a short parameter-efficient fine-tune on the target task's *train* split recovers
+the accuracy lost to pruning. This stage trains LoRA adapters (peft) on every configured projection of the
+pruned model, merges them into the weights (``merge_and_unload``) and saves a plain checkpoint with the
+pruned widths, so evaluation and benchmarks treat a recovered variant exactly like any other checkpoint:
+the merge adds ``(alpha / r) * B @ A`` to each frozen weight and adds no parameter.
+
+Training example (one row of ``results/data/{task}/train.parquet``)::
+
+    input_ids = tok(prompt) ++ tok(completion, no special tokens) ++ [eos]     # truncated to seq_len
+    labels    = [-100] * len(tok(prompt)) ++ tok(completion) ++ [eos]          # loss on the completion only
+
+The prompt is tokenized on its own, exactly as generation tokenizes it (with the chat template when the
+model uses one), so the model learns to continue the very token sequence it will see at evaluation time.
+The loss is the mean next-token cross-entropy over the completion tokens of a batch.
+
+A guard refuses to train when any evaluation prompt of the task appears in the training data, so a recovered
+model can never have seen its own test items.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from taskprune.config import RecoveryConfig, RecoveryTaskConfig
+from taskprune.errors import DataError, ModelError
+
+log = logging.getLogger(__name__)
+
+#: Share of the optimiser steps spent in linear learning-rate warm-up (then linear decay to 0).
+WARMUP_FRACTION = 0.05
+#: Gradient-norm clipping of the LoRA parameters.
+MAX_GRAD_NORM = 1.0
+#: Eval prompts shorter than this (after whitespace normalisation) are only matched exactly, not as
+#: substrings of training texts, so a short conversational prompt ("Hi!") cannot cause a false alarm.
+MIN_SUBSTRING_CHARS = 32
+#: At most this many points of the loss curve are stored in recovery.json.
+LOSS_CURVE_POINTS = 50
+#: Tokenizer files copied from the pruned checkpoint (glob patterns).
+TOKENIZER_FILES = (
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.*",
+    "merges.txt",
+    "chat_template*",
+    "*.model",
+    "*.tiktoken",
+)
+
+
+# ------------------------------------------------------------------------------------ configuration
+
+
+def task_hyperparameters(recovery: RecoveryConfig, task: str) -> RecoveryTaskConfig:
+    """``recovery.per_task[task]`` with every key it does not set taken from ``recovery.default``."""
+    specific = recovery.per_task.get(task)
+    if specific is None:
+        return recovery.default
+    explicit = {name: getattr(specific, name) for name in specific.model_fields_set}
+    return recovery.default.model_copy(update=explicit)
+
+
+def planned_steps(n_examples: int, batch_size: int, hp: RecoveryTaskConfig) -> int:
+    """Optimiser steps: ``ceil(epochs * n_examples / batch_size)``, capped by ``max_steps``."""
+    steps = max(1, math.ceil(hp.epochs * n_examples / batch_size))
+    return min(steps, hp.max_steps) if hp.max_steps is not None else steps
+
+
+# ---------------------------------------------------------------------------------------- the data
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.split())
+
+
+def check_no_eval_leak(
+    train_texts: Sequence[str],
+    train_prompts: Sequence[str],
+    eval_prompts: Sequence[str],
+    *,
+    train_path: str | os.PathLike[str] = "train",
+    eval_path: str | os.PathLike[str] = "eval",
+) -> None:
+    """Raise :class:`DataError` if an evaluation prompt appears in the training data.
+
+    An eval prompt leaks when, after collapsing whitespace, it equals a training prompt, or (when it has at
+    least :data:`MIN_SUBSTRING_CHARS` characters) occurs inside a training text (prompt + completion).
+    """
+    train_prompt_set = {_normalise(p) for p in train_prompts}
+    # One joined string: each substring search is a single fast scan instead of a loop over rows.
+    joined = "\x00".join(_normalise(t) for t in train_texts)
+    leaked = []
+    for prompt in eval_prompts:
+        norm = _normalise(prompt)
+        if not norm:
+            continue
+        if norm in train_prompt_set or (len(norm) >= MIN_SUBSTRING_CHARS and norm in joined):
+            leaked.append(norm)
+    if leaked:
+        example = leaked[0] if len(leaked[0]) <= 60 else leaked[0][:57] + "..."
+        raise DataError(
+            f"{train_path}: {len(leaked)} evaluation prompt(s) of {eval_path} appear in the recovery training "
+            f"data (e.g. {example!r}); remove them from the train split"
+        )
+
+
+@dataclass(frozen=True)
+class TrainingExample:
+    """One tokenized training sequence; the loss covers ``input_ids[n_prompt:]``."""
+
+    input_ids: tuple[int, ...]
+    n_prompt: int
+
+
+def prompt_token_ids(tokenizer: Any, prompt: str, chat_template: bool) -> list[int]:
+    """The prompt's token ids exactly as generation feeds them to the model."""
+    if chat_template:
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
+        # transformers 5 may return a BatchEncoding; older versions a plain list.
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    return list(tokenizer(prompt)["input_ids"])
+
+
+def build_examples(
+    tokenizer: Any,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    seq_len: int,
+    *,
+    chat_template: bool = False,
+) -> tuple[list[TrainingExample], dict[str, int]]:
+    """Tokenize ``prompt ++ completion ++ eos`` per row, truncated on the right to ``seq_len`` tokens.
+
+    Rows whose prompt alone fills ``seq_len`` leave no completion token to learn from and are dropped.
+    Returns the examples and counts ``{"n_rows", "n_examples", "n_truncated", "n_dropped"}``.
+    """
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ModelError("tokenizer has no EOS token; recovery needs one to end each completion")
+    examples: list[TrainingExample] = []
+    n_truncated = n_dropped = 0
+    for prompt, completion in zip(prompts, completions, strict=True):
+        p_ids = prompt_token_ids(tokenizer, prompt, chat_template)
+        c_ids = list(tokenizer(completion, add_special_tokens=False)["input_ids"]) + [eos]
+        if len(p_ids) >= seq_len:
+            n_dropped += 1
+            continue
+        ids = p_ids + c_ids
+        if len(ids) > seq_len:
+            n_truncated += 1
+            ids = ids[:seq_len]
+        examples.append(TrainingExample(tuple(ids), len(p_ids)))
+    counts = {"n_rows": len(prompts), "n_examples": len(examples), "n_truncated": n_truncated, "n_dropped": n_dropped}
+    return examples, counts
+
+
+def collate(examples: Sequence[TrainingExample], pad_id: int) -> dict[str, Any]:
+    """Right-pad a batch to its longest sequence.
+
+    Returns ``input_ids``, ``attention_mask`` and ``labels``, each ``[B, T]`` (T = longest example);
+    ``labels`` is ``-100`` on prompt and padding positions (ignored by the loss).
+    """
+    import torch
+
+    longest = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), longest), dtype=torch.long)
+    labels = torch.full((len(examples), longest), -100, dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids = torch.tensor(e.input_ids, dtype=torch.long)
+        input_ids[i, :n] = ids
+        attention_mask[i, :n] = 1
+        labels[i, e.n_prompt : n] = ids[e.n_prompt :]
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def batch_order(n_examples: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """Example indices of each step: seeded permutations of all examples, epoch after epoch, cut into
+    consecutive batches of ``batch_size`` (a batch may straddle two epochs)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    needed = steps * batch_size
+    order: list[int] = []
+    while len(order) < needed:
+        order.extend(torch.randperm(n_examples, generator=generator).tolist())
+    return [order[s * batch_size : (s + 1) * batch_size] for s in range(steps)]
+
+
+# ------------------------------------------------------------------------------------------- LoRA
+
+
+def lora_target_modules(model: Any, wanted: Sequence[str]) -> list[str]:
+    """The configured projection names that name linear layers of ``model`` (in config order).
+
+    Raises :class:`ModelError` when none does (e.g. GPT-2's fused ``c_attn``); logs the ones missing.
+    """
+    import torch
+
+    present = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    found = [t for t in wanted if t in present]
+    missing = [t for t in wanted if t not in present]
+    if not found:
+        raise ModelError(
+            f"recovery.target_modules {list(wanted)}: none is a linear layer of this "
+            f"'{model.config.model_type}' model (its linear layers: {', '.join(sorted(present))})"
+        )
+    if missing:
+        log.warning("recovery.target_modules not in this model (skipped): %s", ", ".join(missing))
+    return found
+
+
+def add_lora(model: Any, recovery: RecoveryConfig, seed: int) -> Any:
+    """Wrap ``model`` in a peft LoRA model (A random with ``seed``, B zero: it starts as the identity)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    targets = lora_target_modules(model, recovery.target_modules)
+    lora_config = LoraConfig(
+        r=recovery.r,
+        lora_alpha=recovery.alpha,
+        lora_dropout=recovery.dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    torch.manual_seed(seed)
+    return get_peft_model(model, lora_config)
+
+
+@dataclass
+class TrainingLog:
+    """What happened during one LoRA run."""
+
+    losses: list[float] = field(default_factory=list)  # per optimiser step, mean over completion tokens
+    learning_rates: list[float] = field(default_factory=list)
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        n = len(self.losses)
+        if not n:
+            return {"steps": 0}
+        tenth = max(1, n // 10)
+        stride = max(1, math.ceil(n / LOSS_CURVE_POINTS))
+        curve = [[s + 1, round(self.losses[s], 5)] for s in range(0, n, stride)]
+        if curve[-1][0] != n:
+            curve.append([n, round(self.losses[-1], 5)])
+        return {
+            "steps": n,
+            "first": self.losses[0],
+            "last": self.losses[-1],
+            "min": min(self.losses),
+            "mean_first_10pct": sum(self.losses[:tenth]) / tenth,
+            "mean_last_10pct": sum(self.losses[-tenth:]) / tenth,
+            "curve": curve,
+        }
+
+
+def train_lora(
+    peft_model: Any,
+    examples: Sequence[TrainingExample],
+    *,
+    pad_id: int,
+    batch_size: int,
+    steps: int,
+    learning_rate: float,
+    seed: int,
+    progress: bool = True,
+) -> TrainingLog:
+    """Train the LoRA parameters of ``peft_model`` for ``steps`` AdamW steps (linear warm-up and decay).
+
+    Deterministic for a given seed, thread count and device: the batch order, LoRA dropout and the adapter
+    initialisation (see :func:`add_lora`) draw from seeded generators only.
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    if not examples:
+        raise DataError("recovery: no training example left after tokenization (are prompts longer than seq_len?)")
+    device = next(peft_model.parameters()).device
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    warmup = math.ceil(WARMUP_FRACTION * steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, steps)
+    batches = batch_order(len(examples), batch_size, steps, seed)
+    torch.manual_seed(seed)  # LoRA dropout masks
+    use_cache = getattr(peft_model.config, "use_cache", None)
+    peft_model.config.use_cache = False
+    peft_model.train()
+    record = TrainingLog()
+    start = time.perf_counter()
+    bar = tqdm(batches, desc="recover", unit="step", disable=not progress, mininterval=2.0)
+    for step, indices in enumerate(bar):
+        batch = {k: v.to(device) for k, v in collate([examples[i] for i in indices], pad_id).items()}
+        loss = peft_model(**batch).loss  # mean next-token CE over labels != -100 (shifted inside the model)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+        record.learning_rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        record.losses.append(float(loss.detach()))
+        # labels are shifted by one inside the loss: the first label of each row is never predicted
+        record.completion_tokens += int((batch["labels"][:, 1:] != -100).sum())
+        record.total_tokens += int(batch["attention_mask"].sum())
+        if step % 10 == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{record.losses[-1]:.4f}")
+            log.debug("step %d/%d loss %.4f", step + 1, steps, record.losses[-1])
+    record.seconds = time.perf_counter() - start
+    peft_model.eval()
+    if use_cache is not None:
+        peft_model.config.use_cache = use_cache
+    return record
+
+
+def merge_lora(peft_model: Any) -> Any:
+    """Fold every adapter into its base weight (``W += (alpha / r) * B @ A``) and drop the LoRA modules."""
+    return peft_model.merge_and_unload().eval()
+
+
+def count_parameters(model: Any) -> int:
+    """Distinct parameters (a tied embedding counts once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def completion_loss(model: Any, examples: Sequence[TrainingExample], pad_id: int, batch_size: int = 32) -> float:
+    """Mean cross-entropy per completion token over ``examples`` (no dropout, no gradient)."""
+    import torch
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            batch = {k: v.to(device) for k, v in collate(examples[i : i + batch_size], pad_id).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            # position t predicts token t+1: logits [B, T-1, V] vs labels [B, T-1]
+            targets = batch["labels"][:, 1:]
+            ce = torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"
+            )
+            total += float(ce)
+            count += int((targets != -100).sum())
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+
+
+def _width_keys(source_config: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a pruned config.json that describe its MLP widths and provenance (kept verbatim)."""
+    from taskprune.arch import ADAPTERS
+
+    adapter = ADAPTERS.get(source_config.get("model_type", ""))
+    keys = {k: v for k, v in source_config.items() if k.startswith("taskprune_")}
+    if adapter is not None and adapter.width_key in source_config:
+        keys[adapter.width_key] = source_config[adapter.width_key]
+    return keys
+
+
+def save_recovered(
+    model: Any,
+    source_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    record: dict[str, Any],
+    *,
+    started: float | None = None,
+) -> None:
+    """Save the merged model in the source checkpoint's dtype, with its tokenizer and ``recovery.json``,
+    atomically: ``out_dir`` appears complete or not at all. ``record["seconds"]`` gains ``save`` and, given
+    the ``time.perf_counter()`` at which the job ``started``, ``total``.
+
+    ``config.json`` keeps the source's width keys (``intermediate_size`` and every ``taskprune_*`` key such
+    as ``taskprune_layer_widths``), so a per-layer-width checkpoint reloads through the same loader.
+    """
+    import json
+
+    import psutil
+    import torch
+
+    from taskprune.io import atomic_dir, write_json
+
+    source = Path(source_dir)
+    source_config = json.loads((source / "config.json").read_text())
+    dtype_name = source_config.get("dtype") or source_config.get("torch_dtype") or "float32"
+    save_dtype = getattr(torch, str(dtype_name), None)
+    if not isinstance(save_dtype, torch.dtype):
+        raise ModelError(f"{source / 'config.json'}: unknown dtype {dtype_name!r}")
+    t_save = time.perf_counter()
+    with atomic_dir(out_dir) as tmp:
+        model.to(save_dtype).save_pretrained(tmp)
+        config_path = tmp / "config.json"
+        saved = json.loads(config_path.read_text())
+        saved.update(_width_keys(source_config))
+        config_path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+        copied = []
+        for pattern in TOKENIZER_FILES:
+            for f in sorted(source.glob(pattern)):
+                if f.is_file() and not (tmp / f.name).exists():
+                    shutil.copy2(f, tmp / f.name)
+                    copied.append(f.name)
+        if not any(name.startswith("tokenizer") for name in copied):
+            raise ModelError(f"{source}: no tokenizer files to copy into the recovered checkpoint")
+        seconds = dict(record.get("seconds", {}), save=round(time.perf_counter() - t_save, 3))
+        if started is not None:
+            seconds["total"] = round(time.perf_counter() - started, 3)
+        # wall time of the whole process, including importing torch/transformers/peft (what a job costs)
+        seconds["process"] = round(time.time() - psutil.Process().create_time(), 3)
+        record.update(seconds=seconds, tokenizer_files=copied)
+        write_json(record, tmp / "recovery.json")
+
+
+# ------------------------------------------------------------------------------------------ driver
+
+
+def recover(
+    pruned_dir: str | os.PathLike[str],
+    train_path: str | os.PathLike[str],
+    eval_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    task: str,
+    recovery: RecoveryConfig,
+    device: str = "auto",
+    chat_template: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Recover one pruned checkpoint and write ``out_dir``; returns the ``recovery.json`` record."""
+    from taskprune.arch import layer_widths
+    from taskprune.io import read_json, read_parquet
+    from taskprune.modeling import load_model, load_tokenizer
+
+    t0 = time.perf_counter()
+    hp = task_hyperparameters(recovery, task)
+    train = read_parquet(train_path, ["id", "prompt", "completion"], what="recovery train split")
+    evaluation = read_parquet(eval_path, ["id", "prompt"], what="evaluation split")
+    if train.height == 0:
+        raise DataError(f"{train_path}: recovery train split is empty")
+    all_train_prompts = train["prompt"].to_list()
+    if hp.max_samples is not None and hp.max_samples < train.height:
+        train = train.sample(n=hp.max_samples, shuffle=True, seed=recovery.seed)
+    prompts, completions = train["prompt"].to_list(), train["completion"].to_list()
+    # exact prompt matches over the whole split, substring matches over the rows actually trained on
+    check_no_eval_leak(
+        [p + c for p, c in zip(prompts, completions, strict=True)],
+        all_train_prompts,
+        evaluation["prompt"].to_list(),
+        train_path=train_path,
+        eval_path=eval_path,
+    )
+
+    tokenizer = load_tokenizer(pruned_dir, padding_side="right")
+    model = load_model(pruned_dir, device)
+    widths_before = layer_widths(model)
+    params_pruned = count_parameters(model)
+    examples, counts = build_examples(
+        tokenizer, prompts, completions, recovery.seq_len, chat_template=chat_template
+    )
+    log.info(
+        "%s: %d training examples (%d truncated to %d tokens, %d dropped)",
+        task, counts["n_examples"], counts["n_truncated"], recovery.seq_len, counts["n_dropped"],
+    )
+    steps = planned_steps(len(examples), recovery.batch_size, hp)
+    t_loaded = time.perf_counter()
+
+    peft_model = add_lora(model, recovery, recovery.seed)
+    lora_params = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    training = train_lora(
+        peft_model,
+        examples,
+        pad_id=tokenizer.pad_token_id,
+        batch_size=recovery.batch_size,
+        steps=steps,
+        learning_rate=hp.learning_rate,
+        seed=recovery.seed,
+        progress=progress,
+    )
+    t_merge = time.perf_counter()
+    merged = merge_lora(peft_model)
+    params_recovered = count_parameters(merged)
+    widths_after = layer_widths(merged)
+    if params_recovered != params_pruned or widths_after != widths_before:
+        raise ModelError(
+            f"{pruned_dir}: merged model has {params_recovered} parameters and widths {widths_after}, "
+            f"expected {params_pruned} and {widths_before} (LoRA merge must not change the shapes)"
+        )
+    summary = training.summary()
+    log.info(
+        "%s: %d steps in %.1f s, loss %.4f -> %.4f",
+        task, summary["steps"], training.seconds, summary["mean_first_10pct"], summary["mean_last_10pct"],
+    )
+    pruning_json = Path(pruned_dir) / "pruning.json"
+    record: dict[str, Any] = {
+        "source": str(pruned_dir),
+        "source_pruning": read_json(pruning_json) if pruning_json.is_file() else None,
+        "task": task,
+        "train_path": str(train_path),
+        "eval_path": str(eval_path),
+        "seed": recovery.seed,
+        "chat_template": chat_template,
+        "device": str(next(merged.parameters()).device),
+        "hyperparameters": {
+            "r": recovery.r,
+            "alpha": recovery.alpha,
+            "dropout": recovery.dropout,
+            "target_modules": list(recovery.target_modules),
+            "target_modules_used": sorted(peft_model.peft_config["default"].target_modules or []),
+            "batch_size": recovery.batch_size,
+            "seq_len": recovery.seq_len,
+            "learning_rate": hp.learning_rate,
+            "epochs": hp.epochs,
+            "max_samples": hp.max_samples,
+            "max_steps": hp.max_steps,
+            "optimizer": "AdamW",
+            "weight_decay": 0.0,
+            "schedule": "linear warm-up then linear decay to 0",
+            "warmup_steps": math.ceil(WARMUP_FRACTION * steps),
+            "max_grad_norm": MAX_GRAD_NORM,
+        },
+        "data": {**counts, "completion_tokens": training.completion_tokens, "total_tokens": training.total_tokens},
+        "steps": summary["steps"],
+        "epochs_done": summary["steps"] * recovery.batch_size / len(examples),
+        "loss": summary,
+        "params": {
+            "pruned_total": params_pruned,
+            "recovered_total": params_recovered,
+            "lora_trainable": lora_params,
+        },
+        "layer_widths": widths_after,
+    }
+    record["seconds"] = {
+        "load": round(t_loaded - t0, 3),
+        "train": round(training.seconds, 3),
+        "merge": round(time.perf_counter() - t_merge, 3),
+    }
+    save_recovered(merged, pruned_dir, out_dir, record, started=t0)
+    log.info("wrote %s (%.1f s in all)", out_dir, time.perf_counter() - t0)
+    return record
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from taskprune.config import add_config_arguments
+
+    parser.add_argument("--pruned", required=True, metavar="DIR", help="pruned checkpoint directory")
+    parser.add_argument("--train", required=True, metavar="PARQUET", help="the target task's train split")
+    parser.add_argument(
+        "--eval", required=True, metavar="PARQUET",
+        help="the target task's eval split (only its prompts are read, to refuse leaked items)",
+    )
+    parser.add_argument("--task", required=True, help="target task name (selects recovery.per_task)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="recovered checkpoint directory to write")
+    parser.add_argument(
+        "--chat-template", action=argparse.BooleanOptionalAction, default=False,
+        help="wrap prompts in the tokenizer's chat template (models with chat_template: true)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from taskprune.config import stage_options
+
+    opts = stage_options(args, {"recovery": RecoveryConfig, "device": "auto"})
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    recover(
+        args.pruned,
+        args.train,
+        args.eval,
+        args.out,
+        task=args.task,
+        recovery=opts.recovery,
+        device=opts.device,
+        chat_template=args.chat_template,
+        progress=not args.no_progress,
+    )
+    return 0

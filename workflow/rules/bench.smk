@@ -1,0 +1,104 @@
+# Efficiency benchmarks. Benchmark jobs hold the `bench` resource (profiles set bench=1) and every core,
+# so they never run beside another job and their numbers are not polluted by a neighbour.
+
+BENCH = bench_variants()
+
+
+def bench_checkpoint(wildcards):
+    v = grid.parse_variant(wildcards.variant)
+    return model_path(v.model) if v.stage == "base" else v.checkpoint
+
+
+def bench_input(wildcards):
+    v = grid.parse_variant(wildcards.variant)
+    if v.stage == "base":
+        return [f"results/models/{v.model}"] if model_cfg(v.model).source == "train" else []
+    return [v.checkpoint]
+
+
+def base_model_input(model):
+    return [f"results/models/{model}"] if model_cfg(model).source == "train" else []
+
+
+rule bench:
+    input:
+        bench_input,
+    output:
+        "results/bench/variants/{variant}.parquet",
+    params:
+        model_path=bench_checkpoint,
+        opts=lambda w: options(bench=CFG.bench, device=CFG.device),
+        src=source_hash("bench", "flops", "arch", "modeling"),
+    wildcard_constraints:
+        variant="[^/]+/" + VARIANT_RE,
+    threads: workflow.cores
+    log:
+        "logs/bench/{variant}.log",
+    resources:
+        bench=1,
+        mem_mb=8000,
+        runtime=30,
+    shell:
+        TORCH_ENV + " taskprune bench --model-path {params.model_path:q} --variant {wildcards.variant} "
+        "--out {output} --options {params.opts:q} > {log} 2>&1"
+
+
+rule bench_gather:
+    input:
+        [f"results/bench/variants/{v.path}.parquet" for v in BENCH],
+    output:
+        "results/bench/efficiency.parquet",
+    params:
+        variants=" ".join(v.path for v in ALL_VARIANTS),
+        src=source_hash("bench", "flops"),
+    log:
+        "logs/bench/gather.log",
+    shell:
+        "taskprune bench --gather {input} --all-variants {params.variants} --out {output} > {log} 2>&1"
+
+
+_BENCH_MODEL = next(iter(CFG.models))
+
+
+rule bench_stats:
+    input:
+        model=base_model_input(_BENCH_MODEL),
+        data=[f"results/data/{model_cfg(_BENCH_MODEL).task}/calibration.parquet"],
+    output:
+        "results/bench/stats_collection.parquet",
+    params:
+        model_path=model_path(_BENCH_MODEL),
+        opts=options(stats=CFG.stats, device=CFG.device),
+        src=source_hash("bench_stats", "stats", "arch"),
+    threads: workflow.cores
+    log:
+        "logs/bench/stats_collection.log",
+    resources:
+        bench=1,
+        mem_mb=8000,
+        runtime=30,
+    shell:
+        TORCH_ENV + " taskprune bench-stats --model-path {params.model_path:q} --data {input.data} "
+        "--out {output} --options {params.opts:q} > {log} 2>&1"
+
+
+rule bench_generation:
+    input:
+        model=base_model_input(_BENCH_MODEL),
+        data=[f"results/data/{model_cfg(_BENCH_MODEL).task}/eval.parquet"],
+    output:
+        "results/bench/generation.parquet",
+    params:
+        model_path=model_path(_BENCH_MODEL),
+        opts=options(evaluation=CFG.evaluation, device=CFG.device),
+        src=source_hash("bench_generation", "generate"),
+    threads: workflow.cores
+    log:
+        "logs/bench/generation.log",
+    resources:
+        bench=1,
+        mem_mb=8000,
+        runtime=30,
+    shell:
+        TORCH_ENV + " taskprune bench-generation --model-path {params.model_path:q} --data {input.data} "
+        "--out {output} --options {params.opts:q} > {log} 2>&1"

@@ -1,0 +1,82 @@
+# Evaluation of every variant (base, pruned, recovered) on its target task and distractors.
+# One job per variant evaluates all of that variant's tasks (one process start instead of several).
+
+VARIANT_RE = r"(base|[a-z]+(-[a-z]+)?/[0-9]+(\.[0-9]+)?/[0-9]+(/recovered)?)"
+
+
+def eval_inputs(wildcards):
+    v = grid.parse_variant(wildcards.variant)
+    m = model_cfg(v.model)
+    inputs = {"data": [f"results/data/{t}/eval.parquet" for t in grid.tasks_for(CFG, v.model)]}
+    if v.stage == "base":
+        if m.source == "train":
+            inputs["model"] = v.checkpoint
+    else:
+        inputs["model"] = v.checkpoint
+        inputs["reference"] = [f"results/eval/{v.model}/base/{d}.parquet" for d in m.distractors]
+    return inputs
+
+
+def eval_model_path(wildcards):
+    v = grid.parse_variant(wildcards.variant)
+    return model_path(v.model) if v.stage == "base" else v.checkpoint
+
+
+def eval_task_args(wildcards):
+    v = grid.parse_variant(wildcards.variant)
+    return " ".join(
+        f"--task {t}={task_kind(t)}:results/data/{t}/eval.parquet" for t in grid.tasks_for(CFG, v.model)
+    )
+
+
+def eval_options(wildcards):
+    v = grid.parse_variant(wildcards.variant)
+    m = model_cfg(v.model)
+    return options(evaluation=CFG.evaluation, device=CFG.device, chat_template=m.chat_template)
+
+
+for _model in CFG.models:
+
+    rule:
+        name:
+            f"evaluate_{re.sub(r'[^A-Za-z0-9_]', '_', _model)}"
+        input:
+            unpack(eval_inputs),
+        output:
+            [f"results/eval/{{variant}}/{t}.parquet" for t in grid.tasks_for(CFG, _model)],
+            "results/eval/{variant}/metrics.parquet",
+        params:
+            model_path=eval_model_path,
+            tasks=eval_task_args,
+            refs=lambda w, input: ("--reference-dir " + str(Path(input.reference[0]).parent))
+            if "reference" in input.keys()
+            else "",
+            opts=eval_options,
+            src=source_hash("evaluate", "generate", "sandbox", "modeling"),
+        wildcard_constraints:
+            variant=re.escape(_model) + "/" + VARIANT_RE,
+        threads: 1
+        log:
+            "logs/evaluate/{variant}.log",
+        benchmark:
+            "benchmarks/evaluate/{variant}.tsv"
+        resources:
+            mem_mb=4000,
+            runtime=60,
+        shell:
+            TORCH_ENV + " taskprune evaluate --model-path {params.model_path:q} --variant {wildcards.variant} "
+            "{params.tasks} {params.refs} --out-dir results/eval/{wildcards.variant} "
+            "--options {params.opts:q} > {log} 2>&1"
+
+
+rule metrics:
+    input:
+        [f"results/eval/{v.path}/metrics.parquet" for v in ALL_VARIANTS],
+    output:
+        "results/metrics.parquet",
+    params:
+        src=source_hash("metrics"),
+    log:
+        "logs/metrics.log",
+    shell:
+        "taskprune metrics --inputs {input} --out {output} > {log} 2>&1"

@@ -1,0 +1,67 @@
+# Findings (did each claim of the paper reproduce?), figures, tables and the HTML report's assets.
+
+FIGURE_NAMES = []  # filled in below from the figures module's list
+try:
+    from taskprune.figures import FIGURES as _FIGURES  # name -> caption file
+
+    FIGURE_NAMES = list(_FIGURES)
+except ImportError:  # the figures module is optional while developing
+    _FIGURES = {}
+
+FIGURE_OUTPUTS = [f"results/figures/{n}.png" for n in FIGURE_NAMES] + [
+    "results/tables/summary.csv",
+    "results/tables/summary.md",
+]
+
+
+def _score_tables():
+    return [f"results/scores/{m}/selectivity.parquet" for m in CFG.models if "selectivity" in CFG.scores.methods]
+
+
+def _manifests():
+    return [f"{v.checkpoint}" for v in PRUNED if not CFG.pruning.temporary_checkpoints]
+
+
+rule findings:
+    input:
+        metrics="results/metrics.parquet",
+        efficiency="results/bench/efficiency.parquet",
+    output:
+        json="results/findings.json",
+        md=report("results/findings.md", caption="../report/findings.rst", category="1. Findings"),
+    params:
+        src=source_hash("findings"),
+    log:
+        "logs/findings.log",
+    shell:
+        "taskprune findings --metrics {input.metrics} --efficiency {input.efficiency} "
+        "--out {output.json} --markdown {output.md} > {log} 2>&1"
+
+
+rule figures:
+    input:
+        metrics="results/metrics.parquet",
+        efficiency="results/bench/efficiency.parquet",
+        findings="results/findings.json",
+        scores=_score_tables(),
+        pruned=_manifests(),
+    output:
+        [
+            report(
+                f"results/figures/{n}.png",
+                caption=f"../report/{_FIGURES[n]}",
+                category="2. Figures",
+            )
+            for n in FIGURE_NAMES
+        ],
+        [f"results/figures/{n}.svg" for n in FIGURE_NAMES],
+        csv=report("results/tables/summary.csv", caption="../report/summary_table.rst", category="3. Tables"),
+        md="results/tables/summary.md",
+    params:
+        src=source_hash("figures"),
+    log:
+        "logs/figures.log",
+    shell:
+        "taskprune figures --metrics {input.metrics} --efficiency {input.efficiency} "
+        "--findings {input.findings} --scores {input.scores} --pruned-root results/pruned "
+        "--out-dir results/figures --tables-dir results/tables > {log} 2>&1"

@@ -1,0 +1,35 @@
+# Physical removal of MLP neurons into a real, smaller checkpoint.
+
+
+def prune_inputs(wildcards):
+    direction, score = parse_method(wildcards.method)
+    inputs = {"model": model_input(wildcards)}
+    if direction != "random":
+        inputs["scores"] = f"results/scores/{wildcards.model}/{score}.parquet"
+    return inputs
+
+
+def maybe_temp(path):
+    return temp(path) if CFG.pruning.temporary_checkpoints else path
+
+
+rule prune:
+    input:
+        unpack(prune_inputs),
+    output:
+        maybe_temp(directory("results/pruned/{model}/{method}/{level}/{seed}")),
+    params:
+        model_path=lambda w: model_path(w.model),
+        scores=lambda w, input: f"--scores {input.scores}" if "scores" in input.keys() else "",
+        opts=lambda w: options(pruning=CFG.pruning),
+        src=source_hash("prune", "arch", "modeling"),
+    threads: 1
+    log:
+        "logs/prune/{model}/{method}/{level}/{seed}.log",
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    shell:
+        TORCH_ENV + " taskprune prune --model-path {params.model_path:q} {params.scores} "
+        "--method {wildcards.method} --level {wildcards.level} --seed {wildcards.seed} "
+        "--out {output} --options {params.opts:q} > {log} 2>&1"
