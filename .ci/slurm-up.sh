@@ -119,8 +119,14 @@ EOF
 )
 gres_conf=""
 if ((GPUS > 0)); then
-  # Placeholder GPUs: counted by the scheduler, no device files (jobs run on CPU).
-  gres_conf="NodeName=${NODE} Name=gpu Count=${GPUS}"
+  # Placeholder GPUs: slurmd drops file-less GPUs, so each one is a null character device (like /dev/null)
+  # under /run; the scheduler counts and allocates them, jobs run on CPU.
+  install -d -m 0755 /run/taskprune-slurm
+  for ((i = 0; i < GPUS; i++)); do
+    dev=/run/taskprune-slurm/gpu$i
+    [[ -c $dev ]] || mknod -m 0666 "$dev" c 1 3 2>/dev/null || touch "$dev"
+  done
+  gres_conf="NodeName=${NODE} Name=gpu File=/run/taskprune-slurm/gpu[0-$((GPUS - 1))]"
 fi
 
 changed=0

@@ -70,3 +70,45 @@ def _single_thread():
     except ImportError:  # pragma: no cover
         pass
     yield
+
+
+# ------------------------------------------------------------------------------ end-to-end smoke run
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ["Snakefile", "workflow", "config", "profiles", "resources", "envs"]
+
+
+def copy_workflow(dest):
+    """Copy what a workflow run needs (not results) into ``dest``; the package comes from the venv."""
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, dirs_exist_ok=True)
+        elif src.exists():
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def run_snakemake(workdir, *args, check=True, timeout=3600, env=None):
+    """Run snakemake in ``workdir`` with the smoke config; returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config/smoke.yaml", *args]
+    full_env = dict(__import__("os").environ)
+    full_env["PATH"] = str(__import__("pathlib").Path(sys.executable).parent) + ":" + full_env.get("PATH", "")
+    full_env.update(env or {})
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=full_env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The whole DAG on config/smoke.yaml, run once per test session in a temp copy of the workflow."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("smoke") / "wf")
+    run_snakemake(workdir)
+    return workdir

@@ -127,3 +127,24 @@ def num_layers(config: Any) -> int:
         if getattr(config, key, None) is not None:
             return int(getattr(config, key))
     raise ModelError(f"config of type '{config.model_type}' does not say how many layers it has")
+
+
+def backbone(model: Any) -> Any:
+    """The decoder stack without the LM head (``model.model``, ``model.transformer``, ``model.gpt_neox``).
+
+    Activation statistics need only the MLP inputs, so they run this instead of the full causal LM and
+    skip the vocabulary projection (about 15% of Qwen2.5-1.5B's forward FLOPs).
+    """
+    get_adapter(model)  # fail early, with the supported list, on an unsupported model
+    return getattr(model, "base_model", model)
+
+
+def out_proj_neuron_weights(model: Any) -> list[Any]:
+    """Per layer, the output-projection weights of every neuron as rows: a ``[d_ff_l, d_model]`` view.
+
+    Row ``j`` is what neuron ``j`` writes into the residual stream (column ``j`` of ``down_proj.weight``,
+    row ``j`` of GPT-2's Conv1D ``c_proj.weight``).
+    """
+    adapter = get_adapter(model)
+    weights = [module.weight for module in out_proj_modules(model)]
+    return weights if adapter.kind == "conv1d" else [w.T for w in weights]

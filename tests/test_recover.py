@@ -1,0 +1,334 @@
+"""Recovery: LoRA training, merge and checkpoint writing on tiny random models (no downloads)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_model
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+from taskprune.config import RecoveryConfig, RecoveryTaskConfig  # noqa: E402
+from taskprune.errors import DataError  # noqa: E402
+from taskprune.recover import (  # noqa: E402
+    MIN_SUBSTRING_CHARS,
+    TrainingExample,
+    add_lora,
+    batch_order,
+    build_examples,
+    check_no_eval_leak,
+    collate,
+    completion_loss,
+    count_parameters,
+    merge_lora,
+    planned_steps,
+    save_recovered,
+    task_hyperparameters,
+    train_lora,
+)
+
+VOCAB = 96  # tiny_config's default vocabulary size
+PAD, BOS, EOS = 0, 1, 2
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _problems(n: int, seed: int) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs of a tiny arithmetic task, each prompt longer than MIN_SUBSTRING_CHARS."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(0, 40), rng.randint(0, 40)
+        rows.append((f"Question: what is {a} plus {b}?\nAnswer:", f" {a + b}"))
+    return rows
+
+
+def _tokenizer(save_dir: Path | None = None):
+    """A small BPE PreTrainedTokenizerFast (<= VOCAB tokens, BOS added to every text) trained in-process."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<pad>", "<s>", "</s>", "<unk>"])
+    tok.train_from_iterator([p + c for p, c in _problems(300, 0)], trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", BOS)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    assert (fast.pad_token_id, fast.bos_token_id, fast.eos_token_id) == (PAD, BOS, EOS)
+    assert len(fast) <= VOCAB
+    if save_dir is not None:
+        fast.save_pretrained(save_dir)
+    return fast
+
+
+def _random_examples(n: int, seed: int, length: tuple[int, int] = (6, 14)) -> list[TrainingExample]:
+    g = random.Random(seed)
+    out = []
+    for _ in range(n):
+        ids = tuple(g.randrange(4, VOCAB) for _ in range(g.randint(*length)))
+        out.append(TrainingExample(ids, n_prompt=g.randint(1, len(ids) - 2)))
+    return out
+
+
+def _recovery(**kw) -> RecoveryConfig:
+    base = dict(r=4, alpha=8, dropout=0.05, batch_size=4, seq_len=48, seed=3)
+    base.update(kw)
+    return RecoveryConfig(**base)
+
+
+def _train(model, examples, *, seed: int, steps: int = 4, lr: float = 1e-2, recovery: RecoveryConfig | None = None):
+    peft_model = add_lora(model, recovery or _recovery(), seed)
+    log = train_lora(peft_model, examples, pad_id=PAD, batch_size=4, steps=steps, learning_rate=lr, seed=seed,
+                     progress=False)
+    return peft_model, log
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+
+
+def _narrow_mlps(model, widths: list[int]) -> None:
+    """Keep the first ``widths[l]`` neurons of layer ``l`` (rows of gate/up, columns of down), in place."""
+    for layer, width in zip(model.model.layers, widths, strict=True):
+        mlp = layer.mlp
+        for name in ("gate_proj", "up_proj"):
+            old = getattr(mlp, name)
+            new = torch.nn.Linear(old.in_features, width, bias=old.bias is not None)
+            new.weight.data = old.weight.data[:width].clone()
+            setattr(mlp, name, new)
+        old = mlp.down_proj
+        new = torch.nn.Linear(width, old.out_features, bias=old.bias is not None)
+        new.weight.data = old.weight.data[:, :width].clone()
+        mlp.down_proj = new
+    model.config.taskprune_layer_widths = list(widths)
+
+
+# ------------------------------------------------------------------------------- hyper-parameters
+
+
+def test_per_task_falls_back_to_default_key_by_key():
+    rec = RecoveryConfig(
+        default=RecoveryTaskConfig(learning_rate=1e-3, epochs=2, max_steps=40),
+        per_task={"code": {"learning_rate": 5e-4, "max_samples": 100}},
+    )
+    code = task_hyperparameters(rec, "code")
+    assert (code.learning_rate, code.epochs, code.max_samples, code.max_steps) == (5e-4, 2, 100, 40)
+    assert task_hyperparameters(rec, "math") == rec.default
+    assert planned_steps(10, 4, RecoveryTaskConfig(epochs=3)) == 8  # ceil(30 / 4)
+    assert planned_steps(10, 4, RecoveryTaskConfig(epochs=3, max_steps=5)) == 5
+
+
+# ------------------------------------------------------------------------------------ the data
+
+
+def test_examples_mask_everything_but_the_completion():
+    tok = _tokenizer()
+    rows = _problems(6, 1)
+    examples, counts = build_examples(tok, [p for p, _ in rows], [c for _, c in rows], seq_len=64)
+    assert counts == {"n_rows": 6, "n_examples": 6, "n_truncated": 0, "n_dropped": 0}
+    for (prompt, completion), ex in zip(rows, examples, strict=True):
+        prompt_ids = tok(prompt)["input_ids"]  # how generation sees the prompt: BOS + prompt
+        assert prompt_ids[0] == BOS
+        assert list(ex.input_ids) == prompt_ids + tok(completion, add_special_tokens=False)["input_ids"] + [EOS]
+        assert ex.n_prompt == len(prompt_ids)
+    batch = collate(examples, PAD)
+    for i, ex in enumerate(examples):
+        n = len(ex.input_ids)
+        assert batch["input_ids"][i, :n].tolist() == list(ex.input_ids)
+        assert batch["attention_mask"][i].tolist() == [1] * n + [0] * (batch["input_ids"].shape[1] - n)
+        expected = [-100] * ex.n_prompt + list(ex.input_ids[ex.n_prompt:])
+        expected += [-100] * (batch["input_ids"].shape[1] - n)
+        assert batch["labels"][i].tolist() == expected
+    # too short a seq_len truncates the completion, or drops a row whose prompt alone fills it
+    n_prompt = len(tok(rows[0][0])["input_ids"])
+    short, counts = build_examples(tok, [rows[0][0]], [rows[0][1]], seq_len=n_prompt + 1)
+    assert counts["n_truncated"] == 1 and len(short[0].input_ids) == n_prompt + 1
+    _, counts = build_examples(tok, [rows[0][0]], [rows[0][1]], seq_len=n_prompt)
+    assert counts["n_dropped"] == 1 and counts["n_examples"] == 0
+
+
+def test_batch_order_covers_each_epoch_once():
+    batches = batch_order(n_examples=10, batch_size=4, steps=5, seed=0)  # 20 draws = 2 epochs
+    flat = [i for b in batches for i in b]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
+    assert batches == batch_order(10, 4, 5, seed=0) and batches != batch_order(10, 4, 5, seed=1)
+
+
+def test_leak_guard():
+    train = _problems(20, 1)
+    prompts = [p for p, _ in train]
+    texts = [p + c for p, c in train]
+    clean_eval = ["Question: what is 100 plus 200?\nAnswer:"]
+    check_no_eval_leak(texts, prompts, clean_eval)  # no error
+    # the same prompt with different whitespace is the same item
+    with pytest.raises(DataError, match="1 evaluation prompt"):
+        check_no_eval_leak(texts, prompts, ["  " + prompts[3].replace(" ", "   ") + "\n"])
+    # an eval prompt inside a longer training text
+    wrapped = ["Here is one: " + prompts[5] + " 99"]
+    with pytest.raises(DataError):
+        check_no_eval_leak(wrapped, wrapped, [prompts[5]])
+    # a short prompt is matched exactly only, never as a substring
+    assert len("plus") < MIN_SUBSTRING_CHARS
+    check_no_eval_leak(texts, prompts, ["plus"])
+
+
+# ------------------------------------------------------------------------------------------ LoRA
+
+
+@pytest.mark.parametrize("arch_name", ["llama", "qwen2"])
+def test_merged_logits_equal_adapter_logits(arch_name):
+    model = tiny_model(arch_name)
+    n_params = count_parameters(model)
+    peft_model, _ = _train(model, _random_examples(12, 0), seed=0, steps=4)
+    lora_b = [p for n, p in peft_model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(float(p.abs().max()) > 0 for p in lora_b), "training must move the adapters"
+    ids = torch.randint(4, VOCAB, (3, 11), generator=torch.Generator().manual_seed(1))
+    peft_model.eval()
+    with_adapters = _logits(peft_model, ids)
+    with peft_model.disable_adapter():
+        assert not torch.allclose(_logits(peft_model, ids), with_adapters, atol=1e-4)
+    merged = merge_lora(peft_model)
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    torch.testing.assert_close(_logits(merged, ids), with_adapters, atol=1e-5, rtol=1e-5)
+    assert count_parameters(merged) == n_params
+
+
+def test_per_layer_widths_survive_training_merge_and_save(tmp_path):
+    from taskprune.arch import layer_widths
+
+    model = tiny_model("llama")
+    widths = [48, 64]
+    _narrow_mlps(model, widths)
+    n_params = count_parameters(model)
+    ids = torch.randint(4, VOCAB, (2, 9), generator=torch.Generator().manual_seed(2))
+    src = tmp_path / "pruned"
+    model.save_pretrained(src)
+    _tokenizer(src)
+    peft_model, _ = _train(model, _random_examples(8, 1), seed=1, steps=3)
+    peft_model.eval()
+    expected = _logits(peft_model, ids)
+    merged = merge_lora(peft_model)
+    torch.testing.assert_close(_logits(merged, ids), expected, atol=1e-5, rtol=1e-5)
+    assert layer_widths(merged) == widths and count_parameters(merged) == n_params
+
+    out = tmp_path / "recovered"
+    save_recovered(merged, src, out, {"note": "test"})
+    config = json.loads((out / "config.json").read_text())
+    assert config["taskprune_layer_widths"] == widths
+    assert config["intermediate_size"] == json.loads((src / "config.json").read_text())["intermediate_size"]
+    from safetensors.torch import load_file
+
+    tensors = load_file(out / "model.safetensors")
+    for layer, width in enumerate(widths):
+        assert tuple(tensors[f"model.layers.{layer}.mlp.down_proj.weight"].shape) == (32, width)
+        torch.testing.assert_close(
+            tensors[f"model.layers.{layer}.mlp.up_proj.weight"], merged.model.layers[layer].mlp.up_proj.weight
+        )
+    assert (out / "tokenizer.json").is_file() and json.loads((out / "recovery.json").read_text())["note"] == "test"
+    try:  # the per-layer-width loader is the pruning stage's; check the round trip once it exists
+        from taskprune.prune import load_pruned  # noqa: F401
+    except ImportError:
+        pytest.skip("taskprune.prune.load_pruned not available yet: round trip not checked")
+    from taskprune.modeling import load_model
+
+    reloaded = load_model(out, "cpu")
+    torch.testing.assert_close(_logits(reloaded, ids), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_training_lowers_the_completion_loss():
+    tok = _tokenizer()
+    rows = _problems(16, 2)
+    examples, _ = build_examples(tok, [p for p, _ in rows], [c for _, c in rows], seq_len=48)
+    model = tiny_model("llama")
+    before = completion_loss(model, examples, PAD)
+    peft_model, log = _train(model, examples, seed=0, steps=30, lr=2e-2)
+    summary = log.summary()
+    assert summary["steps"] == 30 and summary["mean_last_10pct"] < summary["mean_first_10pct"]
+    after = completion_loss(merge_lora(peft_model), examples, PAD)  # measured independently of the log
+    assert after < 0.7 * before, (before, after)
+
+
+def test_same_seed_gives_the_same_weights():
+    examples = _random_examples(10, 3)
+
+    def trained(seed: int) -> dict:
+        peft_model, _ = _train(tiny_model("qwen2"), examples, seed=seed, steps=3)
+        return {k: v.clone() for k, v in merge_lora(peft_model).state_dict().items()}
+
+    first, again, other = trained(5), trained(5), trained(6)
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def task_files(tmp_path):
+    """A pruned checkpoint (tiny llama + tokenizer) and train/eval splits of the arithmetic task."""
+    import polars as pl
+
+    src = tmp_path / "pruned"
+    tiny_model("llama").save_pretrained(src)
+    _tokenizer(src)
+    (src / "pruning.json").write_text('{"level": 10}')
+    rows = _problems(40, 4)
+    train = pl.DataFrame({"id": [f"t{i}" for i in range(32)], "prompt": [p for p, _ in rows[:32]],
+                          "completion": [c for _, c in rows[:32]]})
+    eval_rows = [r for r in _problems(60, 5) if r[0] not in set(train["prompt"])][:8]
+    evaluation = pl.DataFrame({"id": [f"e{i}" for i in range(8)], "prompt": [p for p, _ in eval_rows],
+                               "completion": [c for _, c in eval_rows]})
+    train.write_parquet(tmp_path / "train.parquet")
+    evaluation.write_parquet(tmp_path / "eval.parquet")
+    return tmp_path
+
+
+def _cli(files: Path, train: str = "train.parquet", extra: tuple[str, ...] = ()) -> int:
+    from taskprune.cli import main
+
+    options = {"recovery": {"r": 4, "alpha": 8, "batch_size": 8, "seq_len": 48, "seed": 1,
+                            "per_task": {"math": {"learning_rate": 1e-2, "epochs": 2}}}, "device": "cpu"}
+    return main(["recover", "--pruned", str(files / "pruned"), "--train", str(files / train),
+                 "--eval", str(files / "eval.parquet"), "--task", "math", "--out", str(files / "recovered"),
+                 "--options", json.dumps(options), "--no-progress", *extra])
+
+
+def test_cli_writes_a_loadable_checkpoint(task_files):
+    from taskprune.modeling import load_model, load_tokenizer
+
+    assert _cli(task_files) == 0
+    out = task_files / "recovered"
+    record = json.loads((out / "recovery.json").read_text())
+    assert record["steps"] == 8  # ceil(2 epochs * 32 rows / batch 8)
+    assert record["hyperparameters"]["learning_rate"] == 1e-2 and record["seed"] == 1
+    assert record["params"]["recovered_total"] == record["params"]["pruned_total"]
+    assert record["source_pruning"] == {"level": 10}
+    assert not list(task_files.glob(".recovered*")), "no temporary directory is left behind"
+    pruned = load_model(task_files / "pruned", "cpu")
+    recovered = load_model(out, "cpu")
+    assert count_parameters(recovered) == count_parameters(pruned) == record["params"]["pruned_total"]
+    changed = [n for n, p in recovered.named_parameters() if not torch.equal(p, pruned.get_parameter(n))]
+    assert changed and all(n.endswith("_proj.weight") for n in changed)
+    assert load_tokenizer(out).eos_token_id == EOS
+
+
+def test_cli_refuses_eval_items_in_training_data(task_files, capsys):
+    import polars as pl
+
+    train = pl.read_parquet(task_files / "train.parquet")
+    leaked = pl.read_parquet(task_files / "eval.parquet").head(1).select(train.columns)
+    pl.concat([train, leaked]).write_parquet(task_files / "leaky.parquet")
+    assert _cli(task_files, "leaky.parquet") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "evaluation prompt" in err and "leaky.parquet" in err
+    assert not (task_files / "recovered").exists()
