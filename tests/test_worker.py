@@ -1,0 +1,55 @@
+"""The warm fork server gives the same output and exit status as a plain process, and falls back."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from taskprune.worker import ENV_SOCKET, start_daemon
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKPRUNE = str(Path(sys.executable).parent / "taskprune")
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    sock = str(tmp_path_factory.mktemp("w") / "w.sock")
+    # The server exits when its parent is gone: make this test process its parent.
+    assert start_daemon(sock, os.getpid(), wait_s=120)
+    yield sock
+    from taskprune.worker import stop
+
+    stop(sock)
+
+
+def _run(args, sock=None):
+    env = dict(os.environ)
+    env.pop(ENV_SOCKET, None)
+    if sock:
+        env[ENV_SOCKET] = sock
+    return subprocess.run([TASKPRUNE, *args], capture_output=True, text=True, env=env, cwd=ROOT)
+
+
+def test_same_output_through_worker(worker):
+    direct = _run(["config", "config/config.yaml", "config/smoke.yaml"])
+    forked = _run(["config", "config/config.yaml", "config/smoke.yaml"], worker)
+    assert direct.returncode == forked.returncode == 0
+    assert direct.stdout == forked.stdout and "variants:" in forked.stdout
+
+
+def test_error_status_and_single_line_through_worker(worker, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"pruning": {"seeds": [0]}}))
+    forked = _run(["config", "config/config.yaml", str(bad)], worker)
+    assert forked.returncode == 2
+    assert len(forked.stderr.strip().splitlines()) == 1 and "pruning.seeds" in forked.stderr
+
+
+def test_fallback_without_server(tmp_path):
+    out = _run(["config", "config/config.yaml"], str(tmp_path / "absent.sock"))
+    assert out.returncode == 0 and "config OK" in out.stdout
