@@ -763,6 +763,10 @@ def make_conversation(rng: random.Random, w: dict[str, Any]) -> dict[str, str]:
 # =============================================================================================== qna
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
 def make_qna(rng: random.Random, w: dict[str, Any]) -> dict[str, Any]:
     """A SQuAD-format item: a short context, a question, and the answer span (with its start offset)."""
     if rng.random() < 0.6:
@@ -774,7 +778,7 @@ def make_qna(rng: random.Random, w: dict[str, Any]) -> dict[str, Any]:
         subject, job = rng.choice(w["subjects"]), rng.choice(w["professions"])
         org, instrument = rng.choice(w["organisations"]), rng.choice(w["instruments"])
         context = (
-            f"{full} was born in {city} in {year}. {person.P} studied {subject} and later worked as a {job} "
+            f"{full} was born in {city} in {year}. {person.P} studied {subject} and later worked as {_article(job)} {job} "
             f"at the {org}. In {year2}, {person.p} moved to {city2}, where {person.p} learned to play the "
             f"{instrument}."
         )

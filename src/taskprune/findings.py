@@ -76,10 +76,11 @@ RULES: dict[str, str] = {
     ),
     "recovery": (
         "per specialist, over every (level, seed) of 'selective' with both a pruned and a recovered "
-        "evaluation: a variant recovers when its recovered accuracy is higher than its pruned accuracy beyond "
-        "noise, or is not lower than the base model's beyond noise; the claim holds for the specialist when "
-        "at least half (rounded up) of its variants recover and none gets worse beyond noise; reproduced "
-        "when it holds for every evaluated specialist"
+        "evaluation whose pruned accuracy is below the base model's beyond noise (a variant that lost nothing "
+        "has nothing to recover and is only listed): a variant recovers when its recovered accuracy is higher "
+        "than its pruned accuracy beyond noise; the claim holds for the specialist when at least half (rounded "
+        "up) of those variants recover and no recovered variant is lower than its pruned one beyond noise; "
+        "reproduced when it holds for every evaluated specialist"
     ),
     "efficiency": (
         "per specialist, pruned 'selective' variants (another pruned method when 'selective' was not "
@@ -442,33 +443,41 @@ def recovery_for(acc: Accuracy, model: str, method: str) -> dict[str, Any]:
     pairs = acc.recovered_pairs(model, method)
     if not pairs:
         return {"status": NOT_EVALUATED, "summary": f"not evaluated (no recovered '{method}' variant)"}
+    if base is None:
+        return {"status": NOT_EVALUATED, "summary": "not evaluated (no base evaluation)"}
     items = []
     for level, seed in pairs:
         pruned = acc.seed_row(model, method, level, seed, "pruned")
         rec = acc.seed_row(model, method, level, seed, "recovered")
         assert pruned is not None and rec is not None
         gain = compare(rec, pruned)
-        vs_base = compare(rec, base) if base is not None else None
-        at_base = vs_base is not None and vs_base.verdict != "lower"
-        lost = base.value - pruned.value if base is not None else None
+        loss = compare(pruned, base)
+        lost = base.value - pruned.value
         items.append({
             "level": acc.label(level), "level_pct": level, "seed": seed,
             "pruned": pruned.to_json(), "recovered": rec.to_json(),
+            "pruned_vs_base": loss.to_json(),
             "recovered_vs_pruned": gain.to_json(),
-            "recovered_vs_base": vs_base.to_json() if vs_base else None,
-            "gap_closed": (rec.value - pruned.value) / lost if lost and lost > 0 else None,
-            "recovers": gain.verdict == "higher" or (gain.verdict != "lower" and at_base),
+            "recovered_vs_base": compare(rec, base).to_json(),
+            "gap_closed": (rec.value - pruned.value) / lost if lost > 0 else None,
+            "lost_accuracy": loss.verdict == "lower",
+            "recovers": loss.verdict == "lower" and gain.verdict == "higher",
             "worse": gain.verdict == "lower",
         })  # fmt: skip
-    n_rec = sum(x["recovers"] for x in items)
+    tested = [x for x in items if x["lost_accuracy"]]
+    n_rec = sum(x["recovers"] for x in tested)
     n_worse = sum(x["worse"] for x in items)
-    ok = n_rec >= math.ceil(len(items) / 2) and n_worse == 0
-    return {
-        "status": _status(ok),
-        "summary": f"{n_rec} of {len(items)} {method} variants recover, {n_worse} get worse",
-        "base": base.to_json() if base else None,
-        "variants": items,
-    }
+    out: dict[str, Any] = {"base": base.to_json(), "variants": items}
+    if not tested and n_worse == 0:
+        out["status"] = NOT_EVALUATED
+        out["summary"] = (f"not evaluated (none of the {len(items)} recovered {method} variants lost accuracy "
+                          "beyond noise when pruned, so there is nothing to recover)")  # fmt: skip
+        return out
+    ok = bool(tested) and n_rec >= math.ceil(len(tested) / 2) and n_worse == 0
+    out["status"] = _status(ok)
+    out["summary"] = (f"{n_rec} of {len(tested)} {method} variants that lost accuracy recover beyond noise "
+                      f"({len(items) - len(tested)} lost nothing), {n_worse} get worse")  # fmt: skip
+    return out
 
 
 def claim_recovery(acc: Accuracy) -> dict[str, Any]:
@@ -731,7 +740,7 @@ def _levelwise_table(entry: dict[str, Any]) -> tuple[list[str], list[list[str]]]
 
 def _claim_tables(claim: dict[str, Any], model: str, entry: dict[str, Any]) -> list[tuple[list[str], list[list[str]]]]:
     cid = claim["id"]
-    if entry["status"] == NOT_EVALUATED and cid != "efficiency":
+    if entry["status"] == NOT_EVALUATED and cid not in ("efficiency", "recovery"):
         return []
     if cid in ("selective_beats_random", "selectivity_beyond_magnitude"):
         t = _levelwise_table(entry)
@@ -746,10 +755,12 @@ def _claim_tables(claim: dict[str, Any], model: str, entry: dict[str, Any]) -> l
         head = ["method", "level %", "acc. % [95% CI]", "base %", "collapse below %", "random same level %", "verdict"]
         return [(head, rows)] if rows else []
     if cid == "recovery":
-        head = ["level %", "seed", "pruned %", "recovered %", "recovered - pruned (pp)", "gap closed", "recovers"]
-        rows = [[x["level"], str(x["seed"]), _fmt_est(x["pruned"]), _fmt_est(x["recovered"]),
-                 _fmt_cmp(x["recovered_vs_pruned"]),
-                 "n/a" if x["gap_closed"] is None else f"{x['gap_closed']:.0%}", "yes" if x["recovers"] else "no"]
+        head = ["level %", "seed", "pruned %", "pruned - base (pp)", "recovered %", "recovered - pruned (pp)",
+                "gap closed", "recovers"]  # fmt: skip
+        rows = [[x["level"], str(x["seed"]), _fmt_est(x["pruned"]), _fmt_cmp(x["pruned_vs_base"]),
+                 _fmt_est(x["recovered"]), _fmt_cmp(x["recovered_vs_pruned"]),
+                 "n/a" if x["gap_closed"] is None else f"{x['gap_closed']:.0%}",
+                 ("yes" if x["recovers"] else "no") if x["lost_accuracy"] else "nothing lost"]
                 for x in entry.get("variants", [])]  # fmt: skip
         return [(head, rows)] if rows else []
     if cid == "efficiency":

@@ -24,7 +24,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class Generation:
     text: str
     n_tokens: int
     hit_limit: bool
+    token_ids: tuple[int, ...] = field(default=(), repr=False)  # the new tokens (EOS included)
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -274,9 +275,7 @@ def generate(
                 model, [encoded[i] for i in indices], pad_id, eos_ids, max_new_tokens, stop, sampler
             )
             for i, (tokens, was_stopped) in zip(indices, outputs, strict=True):
-                text = stop.cut(tokenizer.decode(tokens, skip_special_tokens=True)) if stop else (
-                    tokenizer.decode(tokens, skip_special_tokens=True)
-                )
-                results[i] = Generation(text=text, n_tokens=len(tokens), hit_limit=not was_stopped)
+                text = stop.cut(tokenizer.decode(tokens, skip_special_tokens=True))
+                results[i] = Generation(text, len(tokens), not was_stopped, tuple(tokens))
             bar.update(len(indices))
     return [r for r in results if r is not None]

@@ -123,17 +123,6 @@ class TrainingExample:
     n_prompt: int
 
 
-def prompt_token_ids(tokenizer: Any, prompt: str, chat_template: bool) -> list[int]:
-    """The prompt's token ids exactly as generation feeds them to the model."""
-    if chat_template:
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
-        )
-        # transformers 5 may return a BatchEncoding; older versions a plain list.
-        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-    return list(tokenizer(prompt)["input_ids"])
-
-
 def build_examples(
     tokenizer: Any,
     prompts: Sequence[str],
@@ -144,21 +133,26 @@ def build_examples(
 ) -> tuple[list[TrainingExample], dict[str, int]]:
     """Tokenize ``prompt ++ completion ++ eos`` per row, truncated on the right to ``seq_len`` tokens.
 
-    Rows whose prompt alone fills ``seq_len`` leave no completion token to learn from and are dropped.
-    Returns the examples and counts ``{"n_rows", "n_examples", "n_truncated", "n_dropped"}``.
+    Prompts are encoded by :func:`taskprune.generate.encode_prompts`, the very function generation uses
+    (special tokens such as BOS, or the chat template with the generation prompt), so the model is trained
+    on exactly the prompt tokens it is evaluated on. Rows whose prompt alone fills ``seq_len`` leave no
+    completion token to learn from and are dropped. Returns the examples and the counts
+    ``{"n_rows", "n_examples", "n_truncated", "n_dropped"}``.
     """
+    from taskprune.generate import encode_prompts
+
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ModelError("tokenizer has no EOS token; recovery needs one to end each completion")
+    prompt_ids = encode_prompts(tokenizer, list(prompts), chat_template)
+    completion_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"] if completions else []
     examples: list[TrainingExample] = []
     n_truncated = n_dropped = 0
-    for prompt, completion in zip(prompts, completions, strict=True):
-        p_ids = prompt_token_ids(tokenizer, prompt, chat_template)
-        c_ids = list(tokenizer(completion, add_special_tokens=False)["input_ids"]) + [eos]
+    for p_ids, c_ids in zip(prompt_ids, completion_ids, strict=True):
         if len(p_ids) >= seq_len:
             n_dropped += 1
             continue
-        ids = p_ids + c_ids
+        ids = [*p_ids, *c_ids, eos]
         if len(ids) > seq_len:
             n_truncated += 1
             ids = ids[:seq_len]
@@ -250,7 +244,8 @@ class TrainingLog:
     learning_rates: list[float] = field(default_factory=list)
     completion_tokens: int = 0
     total_tokens: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall clock
+    cpu_seconds: float = 0.0  # CPU time of this process (all threads): comparable across loaded machines
 
     def summary(self) -> dict[str, Any]:
         n = len(self.losses)
@@ -305,7 +300,7 @@ def train_lora(
     peft_model.config.use_cache = False
     peft_model.train()
     record = TrainingLog()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     bar = tqdm(batches, desc="recover", unit="step", disable=not progress, mininterval=2.0)
     for step, indices in enumerate(bar):
         batch = {k: v.to(device) for k, v in collate([examples[i] for i in indices], pad_id).items()}
@@ -324,6 +319,7 @@ def train_lora(
             bar.set_postfix(loss=f"{record.losses[-1]:.4f}")
             log.debug("step %d/%d loss %.4f", step + 1, steps, record.losses[-1])
     record.seconds = time.perf_counter() - start
+    record.cpu_seconds = time.process_time() - cpu_start
     peft_model.eval()
     if use_cache is not None:
         peft_model.config.use_cache = use_cache
@@ -366,6 +362,21 @@ def completion_loss(model: Any, examples: Sequence[TrainingExample], pad_id: int
 # ------------------------------------------------------------------------------------- checkpoints
 
 
+def checkpoint_dtype(path: str | os.PathLike[str]) -> Any:
+    """The torch dtype a checkpoint's config.json says its weights are stored in (float32 if unsaid)."""
+    import json
+
+    import torch
+
+    config_path = Path(path) / "config.json"
+    config = json.loads(config_path.read_text())
+    name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ModelError(f"{config_path}: unknown dtype {name!r}")
+    return dtype
+
+
 def _width_keys(source_config: dict[str, Any]) -> dict[str, Any]:
     """The keys of a pruned config.json that describe its MLP widths and provenance (kept verbatim)."""
     from taskprune.arch import ADAPTERS
@@ -395,16 +406,12 @@ def save_recovered(
     import json
 
     import psutil
-    import torch
 
     from taskprune.io import atomic_dir, write_json
 
     source = Path(source_dir)
     source_config = json.loads((source / "config.json").read_text())
-    dtype_name = source_config.get("dtype") or source_config.get("torch_dtype") or "float32"
-    save_dtype = getattr(torch, str(dtype_name), None)
-    if not isinstance(save_dtype, torch.dtype):
-        raise ModelError(f"{source / 'config.json'}: unknown dtype {dtype_name!r}")
+    save_dtype = checkpoint_dtype(source)
     t_save = time.perf_counter()
     with atomic_dir(out_dir) as tmp:
         model.to(save_dtype).save_pretrained(tmp)
@@ -447,7 +454,7 @@ def recover(
     """Recover one pruned checkpoint and write ``out_dir``; returns the ``recovery.json`` record."""
     from taskprune.arch import layer_widths
     from taskprune.io import read_json, read_parquet
-    from taskprune.modeling import load_model, load_tokenizer
+    from taskprune.modeling import load_model, load_tokenizer, resolve_device
 
     t0 = time.perf_counter()
     hp = task_hyperparameters(recovery, task)
@@ -469,7 +476,11 @@ def recover(
     )
 
     tokenizer = load_tokenizer(pruned_dir, padding_side="right")
-    model = load_model(pruned_dir, device)
+    torch_device, default_dtype = resolve_device(device)
+    # On a GPU the frozen base keeps its stored dtype (bf16 for the paper's models; peft keeps the adapters
+    # in fp32); on a CPU it is fp32 as everywhere else. The merged weights are saved in the stored dtype.
+    dtype = checkpoint_dtype(pruned_dir) if torch_device.type == "cuda" else default_dtype
+    model = load_model(pruned_dir, str(torch_device.type), dtype=dtype)
     widths_before = layer_widths(model)
     params_pruned = count_parameters(model)
     examples, counts = build_examples(
@@ -550,6 +561,7 @@ def recover(
     record["seconds"] = {
         "load": round(t_loaded - t0, 3),
         "train": round(training.seconds, 3),
+        "train_cpu": round(training.cpu_seconds, 3),
         "merge": round(time.perf_counter() - t_merge, 3),
     }
     save_recovered(merged, pruned_dir, out_dir, record, started=t0)

@@ -21,7 +21,9 @@ rule prune:
     params:
         model_path=lambda w: model_path(w.model),
         scores=lambda w, input: f"--scores {input.scores}" if "scores" in input.keys() else "",
-        opts=lambda w: options(pruning=CFG.pruning),
+        # Only the keys that change which neurons go: adding a level must not rerun the other levels.
+        opts=lambda w: options(pruning=CFG.pruning.model_dump(
+            mode="json", include={"allocation", "min_width_fraction", "multiple_of"})),
         src=source_hash("prune", "arch", "modeling"),
     threads: 1
     log:
@@ -30,6 +32,7 @@ rule prune:
         mem_mb=4000,
         runtime=20,
     shell:
-        TORCH_ENV + " taskprune prune --model-path {params.model_path:q} {params.scores} "
+        TORCH_ENV + " taskprune prune --checkpoint {params.model_path:q} {params.scores} "
         "--method {wildcards.method} --level {wildcards.level} --seed {wildcards.seed} "
-        "--out {output} --options {params.opts:q} > {log} 2>&1"
+        "--output {output} --summary results/pruning/{wildcards.model}/{wildcards.method}/"
+        "{wildcards.level}/{wildcards.seed}.json --options {params.opts:q} > {log} 2>&1"

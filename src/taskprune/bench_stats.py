@@ -1,0 +1,431 @@
+"""Benchmark statistics collection against its baselines: is streaming through one hook cheap?
+
+Three ways to pass the same prompts through the same model, over the same length-sorted token-budget
+batches (the decoder stack without the LM head, ``torch.inference_mode()``, no KV cache):
+
+``plain_forward``
+    the forward alone, no hooks: the ceiling.
+``taskprune_stats``
+    :func:`taskprune.stats.collect_stats_over`: one pre-hook per layer on the MLP output projection,
+    streamed float64 moments, nothing per prompt kept.
+``paper_hooks``
+    the paper's approach as described: a hook on each MLP that *recomputes* ``act(gate(x)) * up(x)`` from
+    its input and keeps every prompt's per-neuron mean |a| in host arrays, reduced with numpy at the end.
+
+Rows of ``results/bench/stats_collection.parquet`` (one per model, approach and measurement):
+
+- ``kind = throughput``: non-padding tokens/s (median over ``--rounds`` interleaved passes, with
+  quartiles), ``ratio`` = this approach / ``plain_forward``. Goal for ``taskprune_stats``: ratio >= 0.90.
+- ``kind = peak_memory``: peak memory of a fresh subprocess that loads the model, tokenizes ``n_prompts``
+  prompts and runs the approach (CUDA: ``torch.cuda.max_memory_allocated``; CPU: peak resident set size),
+  ``ratio`` = this peak / the peak at the smallest prompt count. Goal for ``taskprune_stats``: ratio at
+  4,000 prompts <= 1.05. Each measurement runs in its own process so peaks do not mix.
+
+When the dataset has fewer prompts than asked for, it is cycled (memory depends on the count, not the text).
+``save_random_llama`` writes a random-weight Llama of the embedded specialists' size with a small BPE
+tokenizer, for measuring before the specialists are trained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from taskprune.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+APPROACHES: tuple[str, ...] = ("plain_forward", "taskprune_stats", "paper_hooks")
+THROUGHPUT_GOAL = 0.90
+MEMORY_GROWTH_GOAL = 1.05
+
+
+# ---------------------------------------------------------------------------------- the baseline
+
+
+def recompute_activation(mlp: Any, x: Any, kind: str) -> Any:
+    """The paper's hook body: recompute ``a`` from the MLP input ``x`` [B, T, d_model] -> [B, T, d_ff]."""
+    if kind == "gated":
+        return mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)
+    if kind == "gated_fused":
+        gate, up = mlp.gate_up_proj(x).chunk(2, dim=-1)
+        return up * mlp.activation_fn(gate)
+    if kind == "conv1d":
+        return mlp.act(mlp.c_fc(x))
+    if kind == "linear":
+        return mlp.act(mlp.dense_h_to_4h(x))
+    raise ValueError(f"unknown MLP kind {kind!r}")
+
+
+class PaperHooks:
+    """Forward hooks on every MLP that recompute the activation and keep per-prompt arrays (the baseline)."""
+
+    def __init__(self, model: Any) -> None:
+        from taskprune import arch
+
+        self.adapter = arch.get_adapter(model)
+        self.mlps = arch.mlp_modules(model)
+        self.per_prompt: list[list[np.ndarray]] = [[] for _ in self.mlps]  # per layer: [B, d_ff] arrays
+        self.mask: Any = None  # [B, T, 1]
+        self.counts: Any = None  # [B, 1]
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> PaperHooks:
+        for layer, mlp in enumerate(self.mlps):
+            self._handles.append(mlp.register_forward_hook(self._make_hook(layer)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def set_batch(self, batch: Any, device: Any, dtype: Any) -> None:
+        mask = batch.attention_mask.to(device)
+        self.mask = mask.unsqueeze(-1).to(dtype)
+        self.counts = mask.sum(1, keepdim=True).float()
+
+    def _make_hook(self, layer: int) -> Callable[..., None]:
+        def hook(module: Any, inputs: tuple[Any, ...], output: Any) -> None:
+            a = recompute_activation(module, inputs[0], self.adapter.kind)  # [B, T, d_ff]
+            v = (a.abs() * self.mask).sum(1).float() / self.counts  # [B, d_ff]
+            self.per_prompt[layer].append(v.cpu().numpy())
+
+        return hook
+
+    def result(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per layer, the mean and population variance of the per-prompt arrays (numpy, float64)."""
+        stacked = [np.concatenate(arrays).astype(np.float64) for arrays in self.per_prompt]
+        return [v.mean(0) for v in stacked], [v.var(0) for v in stacked]
+
+
+# ------------------------------------------------------------------------------------- passes
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_plain(model: Any, batches: Sequence[Any]) -> None:
+    import torch
+
+    from taskprune import arch
+    from taskprune.stats import forward_backbone
+
+    stack = arch.backbone(model)
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for batch in batches:
+            forward_backbone(stack, batch, device)
+    _sync(device)
+
+
+def run_taskprune(model: Any, batches: Sequence[Any]) -> Any:
+    from taskprune.stats import collect_stats_over
+
+    stats = collect_stats_over(model, batches, progress=False)  # ends with a device -> host copy
+    return stats
+
+
+def run_paper(model: Any, batches: Sequence[Any]) -> Any:
+    import torch
+
+    from taskprune import arch
+    from taskprune.stats import forward_backbone
+
+    stack = arch.backbone(model)
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    hooks = PaperHooks(model)
+    with torch.inference_mode(), hooks:
+        for batch in batches:
+            hooks.set_batch(batch, device, dtype)
+            forward_backbone(stack, batch, device)
+    _sync(device)
+    return hooks.result()
+
+
+RUNNERS: dict[str, Callable[[Any, Sequence[Any]], Any]] = {
+    "plain_forward": run_plain,
+    "taskprune_stats": run_taskprune,
+    "paper_hooks": run_paper,
+}
+
+
+def prepare_batches(tokenizer: Any, prompts: Sequence[str], stats_cfg: Any, chat_template: bool = False) -> list[Any]:
+    """Tokenized, length-sorted, token-budget batches, padded on the CPU once for every approach."""
+    from taskprune.stats import iter_padded_batches, plan_batches, tokenize_prompts
+
+    tokenized = tokenize_prompts(tokenizer, prompts, max_length=stats_cfg.max_length, chat_template=chat_template)
+    plan = plan_batches(
+        tokenized.lengths, token_budget=stats_cfg.token_budget, max_batch_size=stats_cfg.max_batch_size,
+        order=stats_cfg.batch_order,
+    )
+    return list(iter_padded_batches(tokenized.sequences, plan))
+
+
+def measure_throughput(model: Any, batches: Sequence[Any], rounds: int = 3) -> dict[str, list[float]]:
+    """Tokens/s of each approach over the same batches: one warm-up pass each, then ``rounds`` rounds in
+    rotating order (so a slow spell of a shared machine does not always hit the same approach)."""
+    tokens = sum(b.n_tokens for b in batches)
+    for runner in RUNNERS.values():
+        runner(model, batches[: min(2, len(batches))])
+    results: dict[str, list[float]] = {name: [] for name in RUNNERS}
+    names = list(RUNNERS)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            started = time.perf_counter()
+            RUNNERS[name](model, batches)
+            results[name].append(tokens / (time.perf_counter() - started))
+            log.info("round %d %-16s %10.0f tokens/s", r + 1, name, results[name][-1])
+    return results
+
+
+def agreement(model: Any, batches: Sequence[Any]) -> float:
+    """Largest relative difference between our streamed mean/variance and the paper-style arrays'."""
+    ours = run_taskprune(model, batches)
+    mean, var = run_paper(model, batches)
+    worst = 0.0
+    for a, b in zip(ours.mean + ours.variance, mean + var, strict=True):
+        worst = max(worst, float(np.max(np.abs(a - b) / (np.abs(b) + 1e-6))))
+    return worst
+
+
+# ------------------------------------------------------------------------------ memory (children)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one approach on ``n_prompts`` prompts in this (fresh) process and report its peak memory."""
+    import torch
+
+    from taskprune.config import StatsConfig
+    from taskprune.modeling import load_model, load_tokenizer
+
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    model = load_model(spec["model_path"], spec["device"])
+    tokenizer = load_tokenizer(spec["model_path"], padding_side="right")
+    device = next(model.parameters()).device
+    rss_before = _rss_bytes()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        cuda_before = torch.cuda.memory_allocated()
+    prompts = cycled_prompts(spec["data"], int(spec["n_prompts"]))
+    batches = prepare_batches(tokenizer, prompts, StatsConfig.model_validate(spec["stats"]), spec["chat_template"])
+    started = time.perf_counter()
+    RUNNERS[spec["approach"]](model, batches)
+    seconds = time.perf_counter() - started
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    out = {
+        "peak_rss_bytes": int(peak_rss),
+        "rss_before_bytes": int(rss_before),
+        "seconds": seconds,
+        "n_tokens": int(sum(b.n_tokens for b in batches)),
+        "peak_cuda_bytes": None,
+        "cuda_before_bytes": None,
+    }
+    if device.type == "cuda":
+        out["peak_cuda_bytes"] = int(torch.cuda.max_memory_allocated())
+        out["cuda_before_bytes"] = int(cuda_before)
+    return out
+
+
+def measure_peak_memory(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run :func:`_child` in a fresh interpreter; its JSON report is the last line of its stdout."""
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(
+        [sys.executable, "-m", "taskprune.bench_stats", json.dumps(spec)],
+        capture_output=True, text=True, env=env, check=False,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise DataError(f"memory measurement of {spec['approach']} at {spec['n_prompts']} prompts failed: {tail}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cycled_prompts(data: str, n: int) -> list[str]:
+    """The first ``n`` prompts of ``data`` (for_stats rows of a calibration file), cycled if too few."""
+    from taskprune.stats import load_prompts
+
+    prompts = load_prompts(data)
+    return [prompts[i % len(prompts)] for i in range(n)]
+
+
+# ------------------------------------------------------------------------------------ benchmark
+
+
+def benchmark_model(
+    name: str,
+    model_path: str,
+    data: str,
+    *,
+    stats_cfg: Any,
+    device: str,
+    throughput_prompts: int,
+    memory_prompts: Sequence[int],
+    memory_approaches: Sequence[str],
+    rounds: int,
+    threads: int | None,
+    chat_template: bool = False,
+) -> list[dict[str, Any]]:
+    """All rows for one model."""
+    import torch
+
+    from taskprune.modeling import load_model, load_tokenizer
+
+    model = load_model(model_path, device)
+    tokenizer = load_tokenizer(model_path, padding_side="right")
+    dev = next(model.parameters()).device
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    batches = prepare_batches(tokenizer, cycled_prompts(data, throughput_prompts), stats_cfg, chat_template)
+    tokens = sum(b.n_tokens for b in batches)
+    padded = sum(b.input_ids.numel() for b in batches)
+    log.info("%s: %d prompts, %d tokens (%.1f%% padding), %d batches", name, throughput_prompts, tokens,
+             100 * (1 - tokens / padded), len(batches))
+    difference = agreement(model, batches)
+    common = {"model": name, "device": str(dev), "dtype": dtype, "threads": torch.get_num_threads(),
+              "stats_vs_paper_max_rel_diff": difference}
+    rows: list[dict[str, Any]] = []
+    speeds = measure_throughput(model, batches, rounds)
+    plain = float(np.median(speeds["plain_forward"]))
+    for approach, values in speeds.items():
+        median = float(np.median(values))
+        goal = approach == "taskprune_stats"
+        rows.append({
+            **common, "approach": approach, "kind": "throughput", "n_prompts": throughput_prompts,
+            "n_tokens": tokens, "value": median, "unit": "tokens/s",
+            "value_q1": float(np.percentile(values, 25)), "value_q3": float(np.percentile(values, 75)),
+            "repeats": len(values), "ratio": median / plain, "ratio_to": "plain_forward",
+            "goal": f"ratio >= {THROUGHPUT_GOAL:.2f}" if goal else None,
+            "goal_met": bool(median / plain >= THROUGHPUT_GOAL) if goal else None,
+        })
+    del model
+    for approach in memory_approaches:
+        peaks: dict[int, dict[str, Any]] = {}
+        for n in memory_prompts:
+            spec = {"approach": approach, "model_path": str(model_path), "data": str(data), "n_prompts": n,
+                    "device": device, "stats": stats_cfg.model_dump(), "threads": threads,
+                    "chat_template": chat_template}
+            peaks[n] = measure_peak_memory(spec)
+            log.info("%s %s %d prompts: peak RSS %.1f MiB, peak CUDA %s", name, approach, n,
+                     peaks[n]["peak_rss_bytes"] / 2**20, peaks[n]["peak_cuda_bytes"])
+        smallest = min(memory_prompts)
+        for n, peak in peaks.items():
+            on_cuda = peak["peak_cuda_bytes"] is not None
+            value = peak["peak_cuda_bytes"] if on_cuda else peak["peak_rss_bytes"]
+            base = peaks[smallest]["peak_cuda_bytes"] if on_cuda else peaks[smallest]["peak_rss_bytes"]
+            before = peak["cuda_before_bytes"] if on_cuda else peak["rss_before_bytes"]
+            goal = approach == "taskprune_stats" and n != smallest
+            rows.append({
+                **common, "approach": approach, "kind": "peak_memory", "n_prompts": n,
+                "n_tokens": peak["n_tokens"], "value": float(value),
+                "unit": "bytes (CUDA allocated)" if on_cuda else "bytes (peak RSS)",
+                "value_q1": None, "value_q3": None, "repeats": 1,
+                "ratio": value / base, "ratio_to": f"{smallest} prompts",
+                "goal": f"ratio <= {MEMORY_GROWTH_GOAL:.2f}" if goal else None,
+                "goal_met": bool(value / base <= MEMORY_GROWTH_GOAL) if goal else None,
+                "memory_above_loaded_model": float(value - before), "seconds": peak["seconds"],
+            })
+    return rows
+
+
+def save_random_llama(path: str | os.PathLike[str], *, hidden: int = 128, layers: int = 4, d_ff: int = 768,
+                      vocab: int = 512, seed: int = 0) -> Path:
+    """A random-weight Llama of the embedded specialists' size, with a BPE tokenizer trained on word salad."""
+    import torch
+    import transformers as tf
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    out = Path(path)
+    words = synthetic_prompts(400, seed=seed)
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(words, trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<unk>", "<s>", "</s>"]))
+    fast = tf.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    torch.manual_seed(seed)
+    cfg = tf.LlamaConfig(hidden_size=hidden, intermediate_size=d_ff, num_hidden_layers=layers, num_attention_heads=4,
+                         num_key_value_heads=4, vocab_size=vocab, max_position_embeddings=512, bos_token_id=1,
+                         eos_token_id=2, tie_word_embeddings=True)
+    tf.AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
+    fast.save_pretrained(out)
+    return out
+
+
+def synthetic_prompts(n: int, seed: int = 0) -> list[str]:
+    """Word-salad prompts of 10-120 words (a GSM8K-like length spread) for benchmarking."""
+    rng = np.random.default_rng(seed)
+    vocab = ["apples", "train", "costs", "each", "how", "many", "total", "if", "she", "buys", "dollars", "more",
+             "than", "twice", "the", "number", "of", "def", "return", "list", "what", "is", "question", "answer"]
+    return [" ".join(rng.choice(vocab, size=int(rng.integers(10, 120)))) + "?" for _ in range(n)]
+
+
+# -------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: Any) -> None:
+    from taskprune.config import add_config_arguments
+
+    parser.add_argument("--run", nargs=3, action="append", required=True, metavar=("NAME", "MODEL_DIR", "DATA"),
+                        help="a model to benchmark: its name, checkpoint and prompt Parquet (repeatable)")
+    parser.add_argument("--output", required=True, help="results/bench/stats_collection.parquet")
+    parser.add_argument("--throughput-prompts", type=int, default=1000, help="prompts per throughput pass")
+    parser.add_argument("--memory-prompts", type=int, nargs="+", default=[1000, 4000],
+                        help="prompt counts for the peak-memory subprocesses")
+    parser.add_argument("--memory-approaches", nargs="*", choices=APPROACHES, default=list(APPROACHES),
+                        help="approaches whose peak memory is measured")
+    parser.add_argument("--rounds", type=int, default=3, help="timed passes per approach")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    add_config_arguments(parser)
+
+
+def run(args: Any) -> int:
+    import polars as pl
+    import torch
+
+    from taskprune.config import StatsConfig, stage_options
+    from taskprune.io import write_parquet
+    from taskprune.stats import _chat_template_option
+
+    opts = stage_options(args, {"stats": StatsConfig, "device": "auto", "model": None})
+    chat_template = _chat_template_option(opts.model, "--options")
+    if args.throughput_prompts < 1 or args.rounds < 1 or min(args.memory_prompts) < 1:
+        raise ConfigError("--throughput-prompts, --rounds and --memory-prompts must be positive")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows: list[dict[str, Any]] = []
+    for name, model_path, data in args.run:
+        rows += benchmark_model(
+            name, model_path, data, stats_cfg=opts.stats, device=opts.device,
+            throughput_prompts=args.throughput_prompts, memory_prompts=sorted(set(args.memory_prompts)),
+            memory_approaches=args.memory_approaches, rounds=args.rounds, threads=args.threads,
+            chat_template=chat_template,
+        )
+    table = pl.DataFrame(rows, infer_schema_length=None)
+    write_parquet(table, args.output, metadata={"stats": opts.stats.model_dump(), "torch": torch.__version__})
+    for row in table.filter(pl.col("goal").is_not_null()).iter_rows(named=True):
+        log.info("%s %s %s at %d prompts: ratio %.3f (%s: %s)", row["model"], row["approach"], row["kind"],
+                 row["n_prompts"], row["ratio"], row["goal"], "met" if row["goal_met"] else "NOT met")
+    return 0
+
+
+if __name__ == "__main__":  # the fresh process of one peak-memory measurement
+    print(json.dumps(_child(json.loads(sys.argv[1]))))

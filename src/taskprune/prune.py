@@ -1,0 +1,721 @@
+"""Structured pruning: physically remove MLP neurons into a real, smaller checkpoint.
+
+Why this module exists: the paper's claim is about *removing* task-irrelevant neurons, so a pruned variant
+must be a genuinely smaller model whose parameters, memory and speed can be measured, not a mask.
+
+Which neurons go (per decoder layer ``l`` with width ``d_ff_l``, level ``p`` percent):
+
+- ``uniform`` allocation: ``k = round(p/100 * d_ff_l)`` (exact decimal arithmetic on the level string, half
+  up), optionally rounded to the nearest multiple of ``pruning.multiple_of``. ``selective`` removes the k
+  lowest scores, ``reverse`` the k highest, ``random`` k neurons drawn uniformly with
+  ``numpy.random.default_rng([seed, l])`` (so a layer's draw does not depend on the other layers, and a
+  lower level's set is a subset of a higher level's). Neurons are ranked by ``(score, neuron index)``
+  ascending; ``selective`` takes that ranking from the front and ``reverse`` from the back, so ties break
+  by neuron index and the two sets are disjoint whenever ``k <= d_ff / 2``.
+- ``global`` allocation: ``K = round(p/100 * sum_l d_ff_l)`` neurons ranked across all layers by
+  ``(score, layer, neuron)`` (``random``: one seeded permutation); each layer keeps at least
+  ``max(1, ceil(min_width_fraction * d_ff_l))`` neurons, so every MLP stays alive.
+
+How they go, per architecture (see :mod:`taskprune.arch`): rows of ``gate_proj``/``up_proj`` and columns of
+``down_proj`` (gated); rows ``j`` and ``d_ff + j`` of the fused ``gate_up_proj`` (Phi-3); columns of
+``c_fc.weight`` ``[d_model, d_ff]``, entries of ``c_fc.bias`` and rows of ``c_proj.weight`` ``[d_ff, d_model]``
+(GPT-2 Conv1D); rows and bias entries of ``dense_h_to_4h`` and columns of ``dense_4h_to_h`` (GPT-NeoX).
+
+The work is done on the safetensors files directly, shard by shard, without instantiating a model: the
+command never imports transformers and imports torch only for dtypes numpy lacks (bfloat16), because
+startup matters over ~150 jobs; it never holds more than one shard in memory (7B checkpoints), keeps every
+tensor's dtype and every key's name (tied embeddings stay tied because the tied copy is simply not stored),
+and rewrites ``config.json``'s MLP width. Uniform results load with stock
+``AutoModelForCausalLM.from_pretrained``; per-layer widths (global allocation) are stored in the config as
+``taskprune_layer_widths`` and loaded with :func:`load_pruned`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import shutil
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from taskprune.arch import MLPAdapter, get_adapter, num_layers
+from taskprune.errors import ConfigError, DataError, ModelError
+
+if TYPE_CHECKING:  # heavy imports stay out of `taskprune prune --help`
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+LAYER_WIDTHS_KEY = "taskprune_layer_widths"  # config.json key for per-layer MLP widths (global allocation)
+SCORE_COLUMNS = ("layer", "neuron", "score")
+# safetensors dtypes that numpy holds natively; anything else (BF16, F8_*) is handled through torch
+NUMPY_DTYPES = frozenset({"F64", "F32", "F16", "I64", "U64", "I32", "U32", "I16", "U16", "I8", "U8", "BOOL"})
+
+# Files of the source directory that are *not* copied: weights (rewritten), the config (rewritten), and the
+# source's own pipeline records, which would describe the unpruned model.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf")
+_NOT_COPIED = {"config.json", "training.json", "manifest.parquet", "pruning.json"}
+
+
+# ------------------------------------------------------------------------------------ input parsing
+
+
+def parse_level(text: str | float) -> Fraction:
+    """The level as an exact fraction of a percent (``'15.71'`` -> 1571/100), checked to lie in [0, 100)."""
+    try:
+        value = Fraction(str(text).strip())
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"--level: expected a percentage such as 15.71, got {str(text)!r}") from None
+    if not 0 <= value < 100:
+        raise ConfigError(f"--level: {text} is outside [0, 100)")
+    return value
+
+
+def removal_count(level: Fraction, width: int, multiple_of: int = 1) -> int:
+    """``k = round(level/100 * width)`` (half up, exact), rounded to the nearest multiple of ``multiple_of``."""
+    exact = Fraction(level) * width / 100
+    return math.floor(exact / multiple_of + Fraction(1, 2)) * multiple_of
+
+
+# ------------------------------------------------------------------------------ checkpoint layout
+
+
+@dataclass
+class CheckpointLayout:
+    """Where the MLP tensors of a safetensors checkpoint are, read from the file headers only."""
+
+    root: Path
+    config: dict[str, Any]
+    adapter: MLPAdapter
+    shards: list[str]  # safetensors file names, relative to root
+    index: dict[str, Any] | None  # parsed model.safetensors.index.json, if sharded
+    shapes: dict[str, tuple[int, ...]]  # every stored tensor
+    mlp_keys: dict[str, tuple[int, str, str]]  # stored key -> (layer, projection attribute, "weight"|"bias")
+    widths: list[int]  # d_ff of every layer, read from the weights
+    dtypes: dict[str, str] = field(default_factory=dict)  # dtype name -> number of tensors
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.widths)
+
+    def parameters(self) -> int:
+        """Elements of all stored tensors: the parameter count (tied weights are stored once)."""
+        return sum(math.prod(s) for s in self.shapes.values())
+
+    def mlp_parameters(self) -> int:
+        return sum(math.prod(self.shapes[k]) for k in self.mlp_keys)
+
+
+def _mlp_key_pattern(adapter: MLPAdapter) -> re.Pattern[str]:
+    """Stored names of MLP tensors, with any prefix: ``[...]{layers}.{l}.{mlp}.{proj}.{weight|bias}``.
+
+    The prefix is free because hub checkpoints are not always saved from the *ForCausalLM class (GPT-2's
+    original files say ``h.0.mlp.c_fc.weight``, without ``transformer.``).
+    """
+    layers = re.escape(adapter.layers_path.split(".")[-1])
+    projs = "|".join(re.escape(p) for p in (*adapter.in_projs, adapter.out_proj))
+    return re.compile(
+        rf"(?:^|\.){layers}\.(?P<layer>\d+)\.{re.escape(adapter.mlp_attr)}\.(?P<proj>{projs})\.(?P<param>weight|bias)$"
+    )
+
+
+def _neuron_axis(adapter: MLPAdapter, proj: str, param: str) -> int | None:
+    """Axis of a stored tensor that indexes neurons (``None``: not indexed by neuron, e.g. down_proj's bias).
+
+    Linear weights are ``[out, in]``, GPT-2 Conv1D weights ``[in, out]``; neurons are the outputs of the input
+    projections and the inputs of the output projection.
+    """
+    conv1d = adapter.kind == "conv1d"
+    if proj == adapter.out_proj:
+        return None if param == "bias" else (0 if conv1d else 1)
+    return 0 if param == "bias" else (1 if conv1d else 0)
+
+
+def resolve_checkpoint(checkpoint: str) -> Path:
+    """A local checkpoint directory (shards checked), or a hub id resolved to its local snapshot."""
+    from taskprune.modeling import check_checkpoint_dir
+
+    root = check_checkpoint_dir(checkpoint)
+    if root is not None:
+        return root
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(
+            checkpoint, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
+        )
+    except Exception as exc:  # huggingface_hub raises many types (offline, not found, auth)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"{checkpoint}: not a local checkpoint and not downloadable from the hub ({first})") from exc
+    resolved = check_checkpoint_dir(local)
+    assert resolved is not None
+    return resolved
+
+
+def read_layout(root: Path) -> CheckpointLayout:
+    """Read config.json and the safetensors headers; check that every layer's MLP is complete and consistent."""
+    from safetensors import safe_open
+
+    config = json.loads((root / "config.json").read_text())
+    adapter = get_adapter(SimpleNamespace(**config))
+    n_layers = num_layers(SimpleNamespace(**config))
+
+    index_path = root / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else None
+    if index is not None:
+        shards = sorted(set(index.get("weight_map", {}).values()))
+    else:
+        shards = sorted(p.name for p in root.glob("*.safetensors"))
+    if not shards:
+        raise ModelError(f"{root}: no safetensors weights (pruning reads *.safetensors; re-save the model with save_pretrained)")
+
+    pattern = _mlp_key_pattern(adapter)
+    shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, str] = {}
+    mlp_keys: dict[str, tuple[int, str, str]] = {}
+    for shard in shards:
+        try:
+            with safe_open(root / shard, framework="numpy") as fh:  # headers only: no torch needed
+                for key in fh.keys():  # noqa: SIM118 - safe_open has no __iter__
+                    sl = fh.get_slice(key)
+                    shapes[key] = tuple(sl.get_shape())
+                    dtypes[sl.get_dtype()] = dtypes.get(sl.get_dtype(), 0) + 1
+                    m = pattern.search(key)
+                    if m:
+                        mlp_keys[key] = (int(m["layer"]), m["proj"], m["param"])
+        except (OSError, RuntimeError, ValueError) as exc:  # safetensors: SafetensorError (RuntimeError subclass)
+            raise ModelError(f"{root / shard}: not a readable safetensors file ({exc})") from exc
+
+    by_layer: dict[int, dict[tuple[str, str], str]] = {}
+    for key, (layer, proj, param) in mlp_keys.items():
+        by_layer.setdefault(layer, {})[(proj, param)] = key
+    if sorted(by_layer) != list(range(n_layers)):
+        raise ModelError(
+            f"{root}: config says {n_layers} layers but the weights hold MLPs for layers {sorted(by_layer)}"
+        )
+    widths = []
+    for layer in range(n_layers):
+        found = by_layer[layer]
+        for proj in (*adapter.in_projs, adapter.out_proj):
+            if (proj, "weight") not in found:
+                raise ModelError(f"{root}: no weight for layer {layer}'s {adapter.mlp_attr}.{proj}")
+        out_shape = shapes[found[(adapter.out_proj, "weight")]]
+        width = out_shape[_neuron_axis(adapter, adapter.out_proj, "weight")]  # type: ignore[index]
+        fused = 2 if adapter.kind == "gated_fused" else 1
+        for (proj, param), key in found.items():
+            axis = _neuron_axis(adapter, proj, param)
+            expected = width if proj == adapter.out_proj else fused * width
+            if axis is not None and shapes[key][axis] != expected:
+                raise ModelError(
+                    f"{root}: {key} has shape {list(shapes[key])}, inconsistent with MLP width {width} of layer {layer}"
+                )
+        widths.append(int(width))
+    return CheckpointLayout(root, config, adapter, shards, index, shapes, mlp_keys, widths, dtypes)
+
+
+# ---------------------------------------------------------------------------------------- scores
+
+
+def read_scores(path: str | Path, widths: list[int], checkpoint: str) -> list[np.ndarray]:
+    """Per-layer score vectors (index = neuron) from a ``layer, neuron, score`` table, checked against the model.
+
+    The table must cover exactly every (layer, neuron) of the checkpoint once, with finite scores.
+    """
+    import numpy as np
+    import polars as pl
+
+    from taskprune.io import read_parquet
+
+    df = read_parquet(path, SCORE_COLUMNS, what="score table")
+    for col in ("layer", "neuron"):
+        if not df[col].dtype.is_integer():
+            raise DataError(f"{path}: column '{col}' must be integers, got {df[col].dtype}")
+    if not df["score"].dtype.is_numeric():
+        raise DataError(f"{path}: column 'score' must be numeric, got {df['score'].dtype}")
+    df = df.select(pl.col("layer").cast(pl.Int64), pl.col("neuron").cast(pl.Int64), pl.col("score").cast(pl.Float64))
+    bad = df.filter(pl.col("score").is_null() | ~pl.col("score").is_finite()).height
+    if bad:
+        raise DataError(f"{path}: {bad} score(s) are NaN, infinite or missing (every neuron needs a finite score)")
+
+    n_layers = len(widths)
+    table_shape = df.group_by("layer").agg(pl.len().alias("n"), pl.col("neuron").n_unique().alias("u"),
+                                           pl.col("neuron").min().alias("lo"), pl.col("neuron").max().alias("hi"))
+    expected = {layer: w for layer, w in enumerate(widths)}
+    got = {r["layer"]: r for r in table_shape.iter_rows(named=True)}
+    ok = set(got) == set(expected) and all(
+        r["n"] == expected[layer] and r["u"] == r["n"] and r["lo"] == 0 and r["hi"] == expected[layer] - 1
+        for layer, r in got.items()
+    )
+    if not ok:
+        if set(got) == set(expected) and df.height == sum(widths):
+            problem = "duplicated or out-of-range (layer, neuron) pairs"
+        else:
+            per_layer = sorted({r["n"] for r in got.values()})
+            problem = f"{df.height} rows over layers {_span(sorted(got))} with {_span(per_layer)} neurons per layer"
+        raise DataError(
+            f"{path}: score table has {problem}, but {checkpoint} has {n_layers} layers with MLP widths "
+            f"{_span(sorted(set(widths)))} and needs each (layer, neuron) exactly once - a score table from another model?"
+        )
+    df = df.sort("layer", "neuron")
+    scores = df["score"].to_numpy()
+    bounds = np.cumsum([0, *widths])
+    return [scores[bounds[i]:bounds[i + 1]].copy() for i in range(n_layers)]
+
+
+def _span(values: list[int]) -> str:
+    if not values:
+        return "none"
+    return str(values[0]) if len(values) == 1 else f"{values[0]}..{values[-1]}"
+
+
+# ------------------------------------------------------------------------------------- selection
+
+
+def removal_order(scores: np.ndarray, direction: str) -> np.ndarray:
+    """Neuron indices in the order they are removed: ``selective`` from the lowest ``(score, index)``,
+    ``reverse`` the exact reverse of that ranking (so the two never overlap below 50%)."""
+    import numpy as np
+
+    order = np.argsort(scores, kind="stable")  # ascending score, ties by ascending neuron index
+    return order if direction == "selective" else order[::-1]
+
+
+def select_uniform(
+    direction: str,
+    widths: list[int],
+    k_per_layer: list[int],
+    scores: list[np.ndarray] | None = None,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """Sorted neuron indices to remove from each layer (``k_per_layer[l]`` of them)."""
+    import numpy as np
+
+    removed = []
+    for layer, (width, k) in enumerate(zip(widths, k_per_layer, strict=True)):
+        if direction == "random":
+            order = np.random.default_rng([seed, layer]).permutation(width)
+        else:
+            assert scores is not None
+            order = removal_order(scores[layer], direction)
+        removed.append(np.sort(order[:k]).astype(np.int64))
+    return removed
+
+
+def width_floors(widths: list[int], min_width_fraction: float) -> list[int]:
+    """Neurons every layer keeps under global allocation: ``max(1, ceil(fraction * d_ff))``."""
+    return [max(1, math.ceil(min_width_fraction * w - 1e-9)) for w in widths]
+
+
+def select_global(
+    direction: str,
+    widths: list[int],
+    k_total: int,
+    floors: list[int],
+    scores: list[np.ndarray] | None = None,
+    seed: int = 0,
+    multiple_of: int = 1,
+) -> list[np.ndarray]:
+    """Remove ``k_total`` neurons ranked across all layers, never taking a layer below its floor.
+
+    Ranking: ``(score, layer, neuron)`` ascending for ``selective``, its reverse for ``reverse``, a
+    ``default_rng(seed)`` permutation for ``random``. Walking the ranking, a neuron is taken while its layer
+    has removed fewer than ``d_ff_l - floor_l``; with ``multiple_of > 1`` each layer's count is then rounded
+    to the nearest multiple (within its cap) and the layer loses its first neurons in the ranking.
+    """
+    import numpy as np
+
+    widths_arr = np.asarray(widths, dtype=np.int64)
+    caps = widths_arr - np.asarray(floors, dtype=np.int64)
+    if k_total > int(caps.sum()):
+        raise ConfigError(
+            f"global allocation cannot remove {k_total} neurons while every layer keeps its floor "
+            f"(at most {int(caps.sum())}; lower the level or pruning.min_width_fraction)"
+        )
+    n_layers = len(widths)
+    layer_of = np.repeat(np.arange(n_layers), widths_arr)
+    neuron_of = np.concatenate([np.arange(w) for w in widths])
+    if direction == "random":
+        order = np.random.default_rng(seed).permutation(layer_of.size)
+    else:
+        assert scores is not None
+        order = np.lexsort((neuron_of, layer_of, np.concatenate(scores)))
+        if direction == "reverse":
+            order = order[::-1]
+    layer_seq = layer_of[order]
+    # rank_in_layer[i] = how many earlier entries of `order` belong to the same layer as entry i
+    by_layer = np.argsort(layer_seq, kind="stable")
+    sorted_layers = layer_seq[by_layer]
+    rank_in_layer = np.empty(order.size, dtype=np.int64)
+    rank_in_layer[by_layer] = np.arange(order.size) - np.searchsorted(sorted_layers, sorted_layers, side="left")
+    eligible = rank_in_layer < caps[layer_seq]
+    taken_layers = layer_seq[eligible][:k_total]
+    k_per_layer = np.bincount(taken_layers, minlength=n_layers)
+    if multiple_of > 1:
+        rounded = np.floor(k_per_layer / multiple_of + 0.5).astype(np.int64) * multiple_of
+        k_per_layer = np.minimum(rounded, (caps // multiple_of) * multiple_of)
+    removed = []
+    for layer in range(n_layers):
+        layer_order = neuron_of[order][layer_seq == layer]
+        removed.append(np.sort(layer_order[: k_per_layer[layer]]).astype(np.int64))
+    return removed
+
+
+@dataclass
+class PruningPlan:
+    """Which neurons leave each layer, and why."""
+
+    direction: str
+    allocation: str
+    widths_before: list[int]
+    removed: list[np.ndarray]  # sorted neuron indices per layer
+
+    @property
+    def k_per_layer(self) -> list[int]:
+        return [int(r.size) for r in self.removed]
+
+    @property
+    def widths_after(self) -> list[int]:
+        return [w - k for w, k in zip(self.widths_before, self.k_per_layer, strict=True)]
+
+
+def plan_pruning(
+    direction: str,
+    level: Fraction,
+    widths: list[int],
+    options: Any,
+    scores: list[np.ndarray] | None = None,
+    seed: int = 0,
+) -> PruningPlan:
+    """Decide the neurons to remove for one variant (``options``: a :class:`~taskprune.config.PruningConfig`)."""
+    if options.allocation == "uniform":
+        ks = [removal_count(level, w, options.multiple_of) for w in widths]
+        for layer, (w, k) in enumerate(zip(widths, ks, strict=True)):
+            if k >= w:
+                raise ConfigError(
+                    f"--level {float(level):g} removes {k} of layer {layer}'s {w} neurons "
+                    f"(pruning.multiple_of {options.multiple_of}); at least one must stay"
+                )
+        removed = select_uniform(direction, widths, ks, scores, seed)
+    else:
+        k_total = removal_count(level, sum(widths))
+        floors = width_floors(widths, options.min_width_fraction)
+        removed = select_global(direction, widths, k_total, floors, scores, seed, options.multiple_of)
+    return PruningPlan(direction, options.allocation, list(widths), removed)
+
+
+# ------------------------------------------------------------------------------- physical removal
+
+
+def _slice_tensor(tensor: Any, adapter: MLPAdapter, proj: str, param: str, keep: np.ndarray, width: int) -> Any:
+    """Keep neurons ``keep`` (sorted indices) of one stored MLP tensor (numpy array or torch tensor)."""
+    import numpy as np
+
+    axis = _neuron_axis(adapter, proj, param)
+    if axis is None:
+        return tensor
+    if adapter.kind == "gated_fused" and proj != adapter.out_proj:
+        keep = np.concatenate([keep, keep + width])  # gate rows [0, d_ff), up rows [d_ff, 2 d_ff)
+    if isinstance(tensor, np.ndarray):
+        return np.ascontiguousarray(np.take(tensor, keep, axis=axis))
+    import torch
+
+    return tensor.index_select(axis, torch.from_numpy(keep)).contiguous()
+
+
+def _framework(layout: CheckpointLayout) -> str:
+    """numpy when every stored dtype has a numpy equivalent (no torch import: ~3 s less per job), else torch
+    (bfloat16, float8)."""
+    return "numpy" if set(layout.dtypes) <= NUMPY_DTYPES else "pt"
+
+
+def write_pruned_weights(layout: CheckpointLayout, plan: PruningPlan, out_dir: Path,
+                         framework: str | None = None) -> dict[str, int]:
+    """Write the pruned safetensors shard by shard (same shard names and keys); return element counts.
+
+    ``framework`` (``numpy`` or ``pt``) defaults to :func:`_framework`; both give identical files.
+    """
+    import numpy as np
+    from safetensors import safe_open
+    from tqdm import tqdm
+
+    framework = framework or _framework(layout)
+    if framework == "numpy":
+        from safetensors.numpy import save_file
+    else:
+        from safetensors.torch import save_file
+    keep = [
+        np.setdiff1d(np.arange(w), rem, assume_unique=True).astype(np.int64)
+        for w, rem in zip(plan.widths_before, plan.removed, strict=True)
+    ]
+    counts = {"parameters": 0, "mlp_parameters": 0, "bytes": 0}
+    for shard in tqdm(layout.shards, desc="pruning shards", unit="shard", disable=len(layout.shards) < 2):
+        tensors: dict[str, Any] = {}
+        with safe_open(layout.root / shard, framework=framework) as fh:
+            metadata = fh.metadata() or {"format": "pt"}
+            for key in fh.keys():  # noqa: SIM118
+                tensor = fh.get_tensor(key)
+                if key in layout.mlp_keys:
+                    layer, proj, param = layout.mlp_keys[key]
+                    tensor = _slice_tensor(tensor, layout.adapter, proj, param, keep[layer], plan.widths_before[layer])
+                    counts["mlp_parameters"] += math.prod(tensor.shape)
+                tensors[key] = tensor
+                counts["parameters"] += math.prod(tensor.shape)
+                counts["bytes"] += int(tensor.nbytes)
+        save_file(tensors, str(out_dir / shard), metadata=metadata)
+        del tensors
+    if layout.index is not None:
+        index = dict(layout.index)
+        index["metadata"] = {**index.get("metadata", {}), "total_size": counts["bytes"]}
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return counts
+
+
+def pruned_config(layout: CheckpointLayout, plan: PruningPlan) -> dict[str, Any]:
+    """config.json with the new MLP width (and per-layer widths when they differ or allocation is global)."""
+    config = dict(layout.config)
+    widths = plan.widths_after
+    config[layout.adapter.width_key] = max(widths)
+    if plan.allocation == "global" or len(set(widths)) > 1:
+        config[LAYER_WIDTHS_KEY] = widths
+    else:
+        config.pop(LAYER_WIDTHS_KEY, None)
+    return config
+
+
+def copy_side_files(src: Path, dst: Path) -> list[str]:
+    """Copy tokenizer files, generation_config.json and other non-weight files (following symlinks)."""
+    copied = []
+    for path in sorted(src.iterdir()):
+        name = path.name
+        if (not path.is_file() or name.startswith(".") or name in _NOT_COPIED or name.endswith(_WEIGHT_SUFFIXES)
+                or name.endswith(".index.json")):
+            continue
+        shutil.copyfile(path, dst / name)
+        copied.append(name)
+    return copied
+
+
+# --------------------------------------------------------------------------------------- loading
+
+
+def load_pruned(path: str | Path, dtype: Any = None) -> Any:
+    """Load a pruned checkpoint (uniform or per-layer widths) as a *ForCausalLM model in eval mode.
+
+    Uniform checkpoints are loaded by stock ``AutoModelForCausalLM.from_pretrained``. For per-layer widths
+    (``config.taskprune_layer_widths``), the model is first built by ``from_pretrained`` with a placeholder
+    MLP width of 1 (so every non-MLP weight goes through transformers' own loading, key renames and weight
+    tying, and no full-width MLP is ever allocated), then each layer's MLP projections receive their stored
+    tensors at their true shapes. ``dtype=None`` keeps the stored dtype.
+    """
+    import copy
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from taskprune.arch import layer_widths, mlp_modules
+
+    config = AutoConfig.from_pretrained(str(path))
+    widths = getattr(config, LAYER_WIDTHS_KEY, None)
+    if not widths:
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or "auto").eval()
+
+    from taskprune.modeling import check_checkpoint_dir
+
+    root = check_checkpoint_dir(path)
+    if root is None:
+        raise ModelError(f"{path}: per-layer-width checkpoints must be local directories")
+    layout = read_layout(root)
+    adapter = layout.adapter
+    if list(widths) != layout.widths:
+        raise ModelError(f"{root}: config {LAYER_WIDTHS_KEY} {list(widths)} disagrees with the weights {layout.widths}")
+
+    placeholder = copy.deepcopy(config)
+    setattr(placeholder, adapter.width_key, 1)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the placeholder MLPs are "mismatched" by design; we replace them below
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            str(root), config=placeholder, dtype=dtype or "auto", ignore_mismatched_sizes=True,
+            output_loading_info=True,
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if info["missing_keys"] or info["unexpected_keys"]:
+        raise ModelError(
+            f"{root}: weights do not fit the model (missing {sorted(info['missing_keys'])[:3]}, "
+            f"unexpected {sorted(info['unexpected_keys'])[:3]})"
+        )
+    setattr(model.config, adapter.width_key, getattr(config, adapter.width_key))
+
+    from safetensors import safe_open
+
+    by_module: dict[tuple[int, str, str], torch.Tensor] = {}
+    for shard in layout.shards:
+        with safe_open(root / shard, framework="pt") as fh:
+            for key in fh.keys():  # noqa: SIM118
+                if key in layout.mlp_keys:
+                    by_module[layout.mlp_keys[key]] = fh.get_tensor(key)
+    for layer, mlp in enumerate(mlp_modules(model)):
+        for proj in (*adapter.in_projs, adapter.out_proj):
+            module = getattr(mlp, proj)
+            for param in ("weight", "bias"):
+                current = getattr(module, param, None)
+                if current is None:
+                    continue
+                stored = by_module.get((layer, proj, param))
+                if stored is None:
+                    raise ModelError(f"{root}: no {param} stored for layer {layer}'s {adapter.mlp_attr}.{proj}")
+                setattr(module, param, torch.nn.Parameter(stored.to(current.dtype), requires_grad=current.requires_grad))
+            _sync_shape_attributes(module)
+        if hasattr(mlp, "intermediate_size"):
+            mlp.intermediate_size = widths[layer]
+    if layer_widths(model) != list(widths):
+        raise ModelError(f"{root}: loaded MLP widths {layer_widths(model)} differ from {list(widths)}")
+    return model.eval()
+
+
+def _sync_shape_attributes(module: Any) -> None:
+    """Keep a projection's size attributes in step with its new weight (used by forward and by peft)."""
+    weight = module.weight
+    if hasattr(module, "nf") and hasattr(module, "nx"):  # GPT-2 Conv1D, weight [in, out]
+        module.nx, module.nf = int(weight.shape[0]), int(weight.shape[1])
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):  # nn.Linear, weight [out, in]
+        module.out_features, module.in_features = int(weight.shape[0]), int(weight.shape[1])
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from taskprune.config import add_config_arguments
+
+    parser.add_argument("--checkpoint", required=True, help="base model: checkpoint directory (or hub id)")
+    parser.add_argument("--scores", help="score table layer, neuron, score (Parquet); not used by 'random'")
+    parser.add_argument("--method", required=True,
+                        help="random | selective | reverse | selective-<score> | reverse-<score>")
+    parser.add_argument("--level", required=True, help="percent of MLP neurons to remove, as in the path (e.g. 15.71)")
+    parser.add_argument("--seed", type=int, required=True, help="random: the variant's seed (> 0); otherwise 0")
+    parser.add_argument("--output", required=True, help="output directory results/pruned/{model}/{method}/{level}/{seed}")
+    parser.add_argument("--summary", help="optional copy of pruning.json outside the (possibly temporary) checkpoint")
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from taskprune.config import PruningConfig, parse_method, stage_options
+
+    options = stage_options(args, {"pruning": PruningConfig}).pruning
+    try:
+        direction, score_method = parse_method(args.method)
+    except ValueError as exc:
+        raise ConfigError(f"--method: {exc}") from None
+    level = parse_level(args.level)
+    if direction == "random" and args.seed <= 0:
+        raise ConfigError(f"--seed: method 'random' needs a positive seed, got {args.seed}")
+    if direction != "random" and args.seed != 0:
+        raise ConfigError(f"--seed: method '{args.method}' is deterministic; its variants use seed 0, got {args.seed}")
+
+    root = resolve_checkpoint(args.checkpoint)
+    output = Path(args.output)
+    if output.resolve() == root.resolve():
+        raise ConfigError(f"--output {output} is the source checkpoint itself")
+    layout = read_layout(root)
+
+    scores = None
+    score_sha256 = None
+    if direction == "random":
+        if args.scores:
+            log.info("method 'random' ignores the score table %s", args.scores)
+    else:
+        if not args.scores:
+            raise ConfigError(f"--scores: method '{args.method}' needs a score table ({score_method})")
+        stem = Path(args.scores).stem
+        if stem in _score_names() and stem != score_method:
+            raise ConfigError(f"--scores: method '{args.method}' needs the '{score_method}' table, got {args.scores}")
+        from taskprune.io import sha256_file
+
+        scores = read_scores(args.scores, layout.widths, str(root))
+        score_sha256 = sha256_file(args.scores)
+
+    plan = plan_pruning(direction, level, layout.widths, options, scores, args.seed)
+    record = write_pruned_checkpoint(
+        layout, plan, output,
+        record={
+            "source_model": str(args.checkpoint),
+            "method": args.method,
+            "direction": direction,
+            "score_method": score_method,
+            "score_file": str(args.scores) if scores is not None else None,
+            "score_sha256": score_sha256,
+            "level": str(args.level),
+            "level_pct": float(level),
+            "seed": int(args.seed),
+            "allocation": options.allocation,
+            "multiple_of": options.multiple_of,
+            "min_width_fraction": options.min_width_fraction if options.allocation == "global" else None,
+        },
+    )
+    if args.summary:
+        from taskprune.io import write_json
+
+        write_json(record, args.summary)
+    log.info(
+        "%s: removed %d of %d MLP neurons (k per layer %s); parameters %d -> %d",
+        output, sum(plan.k_per_layer), sum(plan.widths_before), plan.k_per_layer,
+        record["parameters_before"], record["parameters_after"],
+    )
+    return 0
+
+
+def _score_names() -> tuple[str, ...]:
+    from taskprune.config import SCORE_METHODS
+
+    return SCORE_METHODS
+
+
+def write_pruned_checkpoint(layout: CheckpointLayout, plan: PruningPlan, output: Path,
+                            record: dict[str, Any], framework: str | None = None) -> dict[str, Any]:
+    """Write weights, config, side files, manifest.parquet and pruning.json into ``output`` atomically."""
+    import polars as pl
+
+    from taskprune import __version__
+    from taskprune.io import atomic_dir, write_json, write_parquet
+
+    with atomic_dir(output) as tmp:
+        counts = write_pruned_weights(layout, plan, tmp, framework)
+        (tmp / "config.json").write_text(json.dumps(pruned_config(layout, plan), indent=2, sort_keys=True) + "\n")
+        copied = copy_side_files(layout.root, tmp)
+        manifest = pl.DataFrame(
+            {
+                "layer": [layer for layer, r in enumerate(plan.removed) for _ in range(r.size)],
+                "neuron": [int(j) for r in plan.removed for j in r],
+            },
+            schema={"layer": pl.Int64, "neuron": pl.Int64},
+        )
+        write_parquet(manifest, tmp / "manifest.parquet")
+        record = {
+            **record,
+            "source_dir": str(layout.root),
+            "model_type": layout.config.get("model_type"),
+            "width_key": layout.adapter.width_key,
+            "d_ff_before": plan.widths_before,
+            "d_ff_after": plan.widths_after,
+            "k_per_layer": plan.k_per_layer,
+            "k_total": sum(plan.k_per_layer),
+            "parameters_before": layout.parameters(),
+            "parameters_after": counts["parameters"],
+            "mlp_parameters_before": layout.mlp_parameters(),
+            "mlp_parameters_after": counts["mlp_parameters"],
+            "weight_bytes_after": counts["bytes"],
+            "dtypes": layout.dtypes,
+            "copied_files": copied,
+            "taskprune_version": __version__,
+        }
+        write_json(record, tmp / "pruning.json")
+    return record

@@ -1,0 +1,617 @@
+"""Stream per-neuron activation statistics of one model on one prompt set.
+
+Selectivity (and every other neuron score) is a function of a few per-neuron sufficient statistics of the
+per-prompt activation, so this stage reads each prompt once and keeps only O(layers x neurons) numbers.
+
+For decoder layer ``l``, neuron ``j`` and a prompt ``p`` with non-padding tokens ``t = 1..T_p``:
+
+    a[t, j]  = input of the MLP output projection = act_fn(gate(x_t))_j * up(x_t)_j   (act(fc(x_t))_j if not gated)
+    v_p[j]   = (1 / T_p) * sum_t |a[t, j]|                                    per-prompt mean |activation|
+
+and over the prompts ``p = 1..n`` of the dataset (float64, merged batch by batch with Chan et al.'s
+parallel update, so the result does not depend on batch size, order or padding side):
+
+    n        number of prompts
+    mean[j]  = (1 / n) * sum_p v_p[j]
+    m2[j]    = sum_p (v_p[j] - mean[j])^2             (population variance = m2 / n)
+
+Extra columns (documented contract extensions, used by the Wanda-style score and by sanity checks):
+
+    sq_mean[j]    = (1 / N) * sum_{p,t} a[t, j]^2     token-level mean squared activation, N = tokens
+    tokens        = N, the number of non-padding tokens seen (the same on every row)
+    w_out_norm[j] = || W_out[:, j] ||_2               L2 norm of what neuron j writes to the residual stream
+
+``a`` is captured by ONE forward pre-hook per layer on the output projection (``down_proj``, ``c_proj``,
+``dense_4h_to_h``): the hook reads the tensor the model already computed, it never recomputes gate/up.
+The forward runs the decoder stack only (no LM head), under ``torch.inference_mode()``, on batches built
+by a token budget from length-sorted prompts (longest first, so an out-of-memory batch fails at once).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from taskprune.errors import ConfigError, DataError, ModelError
+
+log = logging.getLogger(__name__)
+
+STATS_COLUMNS: tuple[str, ...] = ("layer", "neuron", "n", "mean", "m2")
+EXTRA_COLUMNS: tuple[str, ...] = ("sq_mean", "tokens", "w_out_norm")
+
+
+# ------------------------------------------------------------------------------- the statistics
+
+
+@dataclass
+class ActivationStats:
+    """Sufficient statistics of ``v_p`` (per-prompt mean |a|) for every neuron, as float64 arrays.
+
+    ``mean[l]``, ``m2[l]``, ``sq_mean[l]`` and ``w_out_norm[l]`` have shape ``[d_ff_l]``; ``n`` prompts and
+    ``tokens`` non-padding tokens were seen. ``w_out_norm`` is a property of the model, not of the data.
+    """
+
+    n: int
+    tokens: int
+    mean: list[np.ndarray]
+    m2: list[np.ndarray]
+    sq_mean: list[np.ndarray]
+    w_out_norm: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def widths(self) -> list[int]:
+        return [len(m) for m in self.mean]
+
+    @property
+    def variance(self) -> list[np.ndarray]:
+        """Population variance (ddof 0) of ``v_p`` per neuron."""
+        return [m2 / self.n for m2 in self.m2]
+
+    def merge(self, other: ActivationStats) -> ActivationStats:
+        """Statistics of the union of both prompt sets (Chan et al. 1979; exact up to rounding).
+
+        n = n_a + n_b,  delta = mean_b - mean_a,  mean = mean_a + delta n_b / n,
+        m2 = m2_a + m2_b + delta^2 n_a n_b / n,  sq_mean = (N_a sq_a + N_b sq_b) / (N_a + N_b).
+        """
+        if self.widths != other.widths:
+            raise ModelError(f"cannot merge statistics of layer widths {self.widths} and {other.widths}")
+        n = self.n + other.n
+        tokens = self.tokens + other.tokens
+        mean, m2, sq = [], [], []
+        for ma, mb, m2a, m2b, sa, sb in zip(
+            self.mean, other.mean, self.m2, other.m2, self.sq_mean, other.sq_mean, strict=True
+        ):
+            delta = mb - ma
+            mean.append(ma + delta * (other.n / n))
+            m2.append(m2a + m2b + delta**2 * (self.n * other.n / n))
+            sq.append((sa * self.tokens + sb * other.tokens) / tokens)
+        return ActivationStats(n, tokens, mean, m2, sq, self.w_out_norm or other.w_out_norm)
+
+    def to_frame(self) -> Any:
+        """A polars frame ``layer, neuron, n, mean, m2, sq_mean, tokens, w_out_norm`` (one row per neuron)."""
+        import polars as pl
+
+        layer = np.concatenate([np.full(w, li, dtype=np.int64) for li, w in enumerate(self.widths)])
+        neuron = np.concatenate([np.arange(w, dtype=np.int64) for w in self.widths])
+        rows = len(layer)
+        w_out = np.concatenate(self.w_out_norm) if self.w_out_norm else np.full(rows, np.nan)
+        return pl.DataFrame(
+            {
+                "layer": layer,
+                "neuron": neuron,
+                "n": np.full(rows, self.n, dtype=np.int64),
+                "mean": np.concatenate(self.mean).astype(np.float64),
+                "m2": np.concatenate(self.m2).astype(np.float64),
+                "sq_mean": np.concatenate(self.sq_mean).astype(np.float64),
+                "tokens": np.full(rows, self.tokens, dtype=np.int64),
+                "w_out_norm": w_out.astype(np.float64),
+            }
+        )
+
+    @classmethod
+    def from_frame(cls, df: Any) -> ActivationStats:
+        """Inverse of :meth:`to_frame` (rows sorted by layer, neuron; neurons 0..d_ff_l-1 per layer)."""
+        df = df.sort("layer", "neuron")
+        parts = df.partition_by("layer", maintain_order=True)
+
+        def col(name: str) -> list[np.ndarray]:
+            return [p[name].to_numpy().astype(np.float64) for p in parts]
+
+        has_w = "w_out_norm" in df.columns and not df["w_out_norm"].is_nan().any()
+        tokens = int(df["tokens"][0]) if "tokens" in df.columns else 0
+        sq = col("sq_mean") if "sq_mean" in df.columns else [np.zeros(len(p)) for p in parts]
+        n = df["n"].unique()
+        if len(n) != 1:
+            raise DataError(f"statistics have different prompt counts n across neurons: {n.to_list()[:5]}")
+        return cls(int(n[0]), tokens, col("mean"), col("m2"), sq, col("w_out_norm") if has_w else [])
+
+
+# ------------------------------------------------------------------------------ tokens and batches
+
+
+@dataclass
+class TokenizedPrompts:
+    """Token ids of every prompt (``int32`` arrays, at most ``max_length`` long) and how many were cut."""
+
+    sequences: list[np.ndarray]
+    n_truncated: int
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(s) for s in self.sequences), dtype=np.int64, count=len(self.sequences))
+
+
+def tokenize_prompts(
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_length: int,
+    chat_template: bool = False,
+    chunk_size: int = 1024,
+) -> TokenizedPrompts:
+    """Tokenize like generation does: the plain prompt with the tokenizer's special tokens (BOS), or the
+    chat template's rendering of one user message with the generation prompt (its own special tokens).
+
+    Prompts longer than ``max_length`` tokens keep their first ``max_length`` tokens; they are counted and
+    a warning says how many. Ids are kept as compact numpy arrays (the only per-prompt memory).
+    """
+    if chat_template and not getattr(tokenizer, "chat_template", None):
+        raise ModelError("model.chat_template is true but the tokenizer has no chat template")
+    sequences: list[np.ndarray] = []
+    n_truncated = 0
+    for start in range(0, len(prompts), chunk_size):
+        chunk = list(prompts[start : start + chunk_size])
+        if chat_template:
+            texts = [
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+                )
+                for p in chunk
+            ]
+            ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        else:
+            ids = tokenizer(chunk)["input_ids"]
+        for offset, seq in enumerate(ids):
+            if len(seq) == 0:
+                raise DataError(f"prompt {start + offset} tokenizes to no tokens (empty prompt?)")
+            if len(seq) > max_length:
+                n_truncated += 1
+                seq = seq[:max_length]
+            sequences.append(np.asarray(seq, dtype=np.int32))
+    if n_truncated:
+        log.warning(
+            "%d of %d prompts were longer than stats.max_length=%d tokens and were truncated to it",
+            n_truncated, len(prompts), max_length,
+        )
+    return TokenizedPrompts(sequences, n_truncated)
+
+
+def plan_batches(
+    lengths: Sequence[int] | np.ndarray,
+    *,
+    token_budget: int,
+    max_batch_size: int,
+    order: str = "length",
+) -> list[np.ndarray]:
+    """Group prompt indices into batches whose padded size ``len(batch) * max_length_in_batch`` stays within
+    ``token_budget`` (a longer single prompt forms its own batch) and at most ``max_batch_size`` prompts.
+
+    ``order='length'`` visits prompts longest first (stable), so similar lengths share a batch and padding is
+    small; ``'original'`` keeps the input order.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if order == "length":
+        visit = np.argsort(-lengths, kind="stable")
+    elif order == "original":
+        visit = np.arange(len(lengths))
+    else:
+        raise ConfigError(f"stats.batch_order: expected length or original, got {order!r}")
+    batches: list[np.ndarray] = []
+    current: list[int] = []
+    current_max = 0
+    for index in visit:
+        length = int(lengths[index])
+        grown_max = max(current_max, length)
+        if current and (len(current) + 1 > max_batch_size or grown_max * (len(current) + 1) > token_budget):
+            batches.append(np.asarray(current, dtype=np.int64))
+            current, grown_max = [], length
+        current.append(int(index))
+        current_max = grown_max
+    if current:
+        batches.append(np.asarray(current, dtype=np.int64))
+    return batches
+
+
+@dataclass
+class PaddedBatch:
+    """One padded batch on the CPU: ``input_ids``, ``attention_mask``, ``position_ids`` all ``[B, T]``."""
+
+    input_ids: Any
+    attention_mask: Any
+    position_ids: Any
+    lengths: np.ndarray  # [B] non-padding tokens per prompt
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.lengths.sum())
+
+
+def pad_batch(sequences: Sequence[np.ndarray], *, pad_token_id: int = 0, padding_side: str = "right") -> PaddedBatch:
+    """Pad token id arrays into a batch. Padding is masked out everywhere, so any id serves as ``pad``.
+
+    Position ids count non-padding tokens (``cumsum(mask) - 1``) so that left- and right-padded prompts
+    see the same positions. Right padding is the default: with causal attention no real token can attend
+    to a pad, and no attention row is fully masked.
+    """
+    import torch
+
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be left or right, got {padding_side!r}")
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    width = int(lengths.max())
+    ids = np.full((len(sequences), width), pad_token_id, dtype=np.int64)
+    mask = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        cols = slice(0, len(seq)) if padding_side == "right" else slice(width - len(seq), width)
+        ids[row, cols] = seq
+        mask[row, cols] = 1
+    attention_mask = torch.from_numpy(mask)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp_(min=0)
+    return PaddedBatch(torch.from_numpy(ids), attention_mask, position_ids, lengths)
+
+
+def iter_padded_batches(
+    sequences: Sequence[np.ndarray], plan: Sequence[np.ndarray], *, pad_token_id: int = 0, padding_side: str = "right"
+) -> Iterator[PaddedBatch]:
+    for indices in plan:
+        yield pad_batch([sequences[i] for i in indices], pad_token_id=pad_token_id, padding_side=padding_side)
+
+
+def forward_backbone(backbone: Any, batch: PaddedBatch, device: Any) -> Any:
+    """The decoder stack's forward on one batch (no KV cache, no LM head)."""
+    return backbone(
+        input_ids=batch.input_ids.to(device, non_blocking=True),
+        attention_mask=batch.attention_mask.to(device, non_blocking=True),
+        position_ids=batch.position_ids.to(device, non_blocking=True),
+        use_cache=False,
+    )
+
+
+# ------------------------------------------------------------------------------------ streaming
+
+
+_REDUCED = ("bfloat16", "float16")
+_mixed_bmm_ok: dict[str, bool] = {}
+
+
+def _bmm_to_float(a: Any, b: Any) -> Any:
+    """``a @ b`` (batched) with a float32 (or wider) result, without upcasting ``b`` when the backend can.
+
+    bf16/fp16 on CUDA: ``torch.bmm(..., out_dtype=float32)`` accumulates and returns fp32; elsewhere (or if
+    this torch lacks it) the operands are upcast first. fp32/fp64 stay as they are.
+    """
+    import torch
+
+    if str(b.dtype).removeprefix("torch.") not in _REDUCED:
+        return torch.bmm(a, b)
+    key = b.device.type
+    if _mixed_bmm_ok.get(key, True):
+        try:
+            return torch.bmm(a, b, out_dtype=torch.float32)
+        except (RuntimeError, TypeError, NotImplementedError):
+            _mixed_bmm_ok[key] = False
+    return torch.bmm(a.float(), b.float())
+
+
+class _LayerMoments:
+    """Running ``n, mean, m2`` of ``v_p`` and the token sum of ``a^2`` for one layer, float64 on the device."""
+
+    def __init__(self, width: int, device: Any) -> None:
+        import torch
+
+        self.n = 0
+        self.mean = torch.zeros(width, dtype=torch.float64, device=device)
+        self.m2 = torch.zeros(width, dtype=torch.float64, device=device)
+        self.sq_sum = torch.zeros(width, dtype=torch.float64, device=device)
+
+    def update(self, v: Any, sq_sum: Any) -> None:
+        """Merge a batch: ``v`` is ``[B, d_ff]`` per-prompt means, ``sq_sum`` is ``[d_ff]`` (Chan update)."""
+        b = v.shape[0]
+        batch_mean = v.mean(0)
+        batch_m2 = (v - batch_mean).square_().sum(0)
+        n_new = self.n + b
+        delta = batch_mean - self.mean
+        self.mean.add_(delta, alpha=b / n_new)
+        self.m2.add_(batch_m2).add_(delta.square_(), alpha=self.n * b / n_new)
+        self.sq_sum.add_(sq_sum)
+        self.n = n_new
+
+
+class StatsCollector:
+    """Forward pre-hooks on every layer's MLP output projection that stream :class:`ActivationStats`.
+
+    Per batch, with ``A`` the hook input ``[B, T, d_ff]`` and ``M`` the 0/1 attention mask ``[B, T]``:
+
+        v   = (M[:, None, :] @ |A|)[:, 0, :] / T_b          per-prompt mean |a|, [B, d_ff]  (one bmm)
+        sq  =  M.view(1, B*T) @ (|A| * |A|).view(B*T, d_ff)  token sum of a^2,     [d_ff]
+
+    ``|A|`` lives in one scratch buffer reused by every layer and batch (squared in place), so the hook
+    adds one elementwise pass and two thin matmuls per layer, and nothing is synchronised with the host.
+    """
+
+    def __init__(self, model: Any) -> None:
+        import torch
+
+        from taskprune import arch
+
+        self.model = model
+        self.modules = arch.out_proj_modules(model)
+        self.widths = arch.layer_widths(model)
+        self.device = next(model.parameters()).device
+        self.moments = [_LayerMoments(w, self.device) for w in self.widths]
+        self.tokens = 0
+        self._handles: list[Any] = []
+        self._scratch = torch.empty(0, device=self.device)
+        self._mask3: Any = None  # [B, 1, T] in the activation dtype
+        self._mask_flat: Any = None  # [1, 1, B*T]
+        self._counts: Any = None  # [B, 1] float64
+
+    def __enter__(self) -> StatsCollector:
+        for layer, module in enumerate(self.modules):
+            self._handles.append(module.register_forward_pre_hook(self._make_hook(layer)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def set_batch(self, batch: PaddedBatch, dtype: Any) -> None:
+        """Tell the hooks which tokens of the next forward are real."""
+        import torch
+
+        mask = batch.attention_mask.to(self.device, dtype=dtype, non_blocking=True)  # [B, T]
+        self._mask3 = mask.unsqueeze(1)
+        self._mask_flat = mask.view(1, 1, -1)
+        self._counts = torch.from_numpy(batch.lengths).to(self.device, torch.float64).unsqueeze(1)
+        self.tokens += batch.n_tokens
+
+    def _abs_into_scratch(self, a: Any) -> Any:
+        import torch
+
+        if self._scratch.numel() < a.numel() or self._scratch.dtype != a.dtype:
+            self._scratch = torch.empty(a.numel(), dtype=a.dtype, device=a.device)
+        return torch.abs(a, out=self._scratch[: a.numel()].view(a.shape))
+
+    def _make_hook(self, layer: int) -> Callable[[Any, tuple[Any, ...]], None]:
+        def hook(module: Any, args: tuple[Any, ...]) -> None:
+            a = args[0]  # [B, T, d_ff], the input of the output projection
+            batch, seq, width = a.shape
+            abs_a = self._abs_into_scratch(a)
+            sums = _bmm_to_float(self._mask3, abs_a)  # [B, 1, d_ff] = sum_t M |a|
+            v = sums.view(batch, width).double() / self._counts  # [B, d_ff]
+            sq = _bmm_to_float(self._mask_flat, abs_a.mul_(abs_a).view(1, batch * seq, width))  # [1, 1, d_ff]
+            self.moments[layer].update(v, sq.view(width).double())
+
+        return hook
+
+    def result(self, w_out_norm: list[np.ndarray] | None = None) -> ActivationStats:
+        n = self.moments[0].n if self.moments else 0
+        if n == 0:
+            raise DataError("no prompts were processed")
+        mean = [m.mean.cpu().numpy() for m in self.moments]
+        m2 = [m.m2.cpu().numpy() for m in self.moments]
+        sq = [m.sq_sum.cpu().numpy() / self.tokens for m in self.moments]
+        for layer, (a, b, c) in enumerate(zip(mean, m2, sq, strict=True)):
+            if not (np.isfinite(a).all() and np.isfinite(b).all() and np.isfinite(c).all()):
+                raise ModelError(
+                    f"layer {layer}: activation statistics are not finite (NaN/inf activations; "
+                    f"try float32 with device: cpu or a smaller stats.max_length)"
+                )
+        return ActivationStats(n, self.tokens, mean, m2, sq, w_out_norm or [])
+
+
+def out_proj_column_norms(model: Any) -> list[np.ndarray]:
+    """``||W_out[:, j]||_2`` per layer (float64), the weight half of the Wanda-style score."""
+    import torch
+
+    from taskprune import arch
+
+    with torch.inference_mode():
+        return [w.double().norm(dim=1).cpu().numpy() for w in arch.out_proj_neuron_weights(model)]
+
+
+def collect_stats(
+    model: Any,
+    sequences: Sequence[np.ndarray],
+    *,
+    token_budget: int = 8192,
+    max_batch_size: int = 64,
+    batch_order: str = "length",
+    padding_side: str = "right",
+    pad_token_id: int = 0,
+    progress: bool = True,
+) -> ActivationStats:
+    """Stream :class:`ActivationStats` of ``model`` over token-id ``sequences`` (one forward per batch)."""
+    if len(sequences) == 0:
+        raise DataError("no prompts to collect statistics on")
+    plan = plan_batches(
+        [len(s) for s in sequences], token_budget=token_budget, max_batch_size=max_batch_size, order=batch_order
+    )
+    batches = iter_padded_batches(sequences, plan, pad_token_id=pad_token_id, padding_side=padding_side)
+    return collect_stats_over(model, batches, total=len(sequences), progress=progress)
+
+
+def collect_stats_over(
+    model: Any, batches: Iterable[PaddedBatch], *, total: int | None = None, progress: bool = True
+) -> ActivationStats:
+    """The streaming loop itself, over ready batches (the benchmark times exactly this)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from taskprune import arch
+
+    stack = arch.backbone(model)
+    dtype = next(model.parameters()).dtype
+    collector = StatsCollector(model)
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=total, unit="prompt", desc="stats", disable=not progress, mininterval=0.5 if tty else 30.0)
+    with torch.inference_mode(), collector, bar:
+        for batch in batches:
+            collector.set_batch(batch, dtype)
+            forward_backbone(stack, batch, collector.device)
+            bar.update(len(batch.lengths))
+    return collector.result(out_proj_column_norms(model))
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
+def load_prompts(path: Any) -> list[str]:
+    """The ``prompt`` column of a dataset Parquet; for calibration files only rows with ``for_stats`` true."""
+    import polars as pl
+
+    from taskprune.io import read_parquet
+
+    df = read_parquet(path, ["prompt"], what="dataset")
+    if "for_stats" in df.columns:
+        if df.schema["for_stats"] != pl.Boolean:
+            raise DataError(f"{path}: column 'for_stats' must be boolean, got {df.schema['for_stats']}")
+        df = df.filter(pl.col("for_stats").fill_null(False))
+    if df.schema["prompt"] != pl.String:
+        raise DataError(f"{path}: column 'prompt' must be text, got {df.schema['prompt']}")
+    if df.height == 0:
+        raise DataError(f"{path}: dataset has no prompts" + (" with for_stats true" if "for_stats" in df.columns else ""))
+    nulls = df["prompt"].null_count()
+    if nulls:
+        raise DataError(f"{path}: column 'prompt' has {nulls} missing value(s)")
+    return df["prompt"].to_list()
+
+
+def read_stats(path: Any) -> Any:
+    """Read a statistics Parquet as polars, checking columns, dtypes, finiteness and (layer, neuron) keys."""
+    import polars as pl
+
+    from taskprune.io import read_parquet
+
+    df = read_parquet(path, STATS_COLUMNS, what="statistics")
+    if df.height == 0:
+        raise DataError(f"{path}: statistics file has no rows")
+    for name in ("layer", "neuron", "n"):
+        if not df.schema[name].is_integer():
+            raise DataError(f"{path}: column '{name}' must be an integer, got {df.schema[name]}")
+    numeric = [c for c in ("mean", "m2", "sq_mean", "w_out_norm") if c in df.columns]
+    for name in numeric:
+        if not df.schema[name].is_numeric():
+            raise DataError(f"{path}: column '{name}' must be numeric, got {df.schema[name]}")
+    df = df.with_columns(pl.col(c).cast(pl.Float64) for c in numeric)
+    bad = df.select(
+        [pl.col(c).is_null().sum().alias(f"{c}: missing") for c in df.columns if c in STATS_COLUMNS + EXTRA_COLUMNS]
+        + [(~pl.col(c).is_finite()).sum().alias(f"{c}: NaN/inf") for c in numeric if c != "w_out_norm"]
+    ).row(0, named=True)
+    problems = [f"{count} {what}" for what, count in bad.items() if count]
+    if problems:
+        raise DataError(f"{path}: statistics contain {', '.join(problems)} value(s); delete it and rerun its job")
+    if (df["n"] < 1).any() or (df["m2"] < 0).any() or (df["mean"] < 0).any():
+        raise DataError(f"{path}: statistics have n < 1 or negative mean/m2 (not a statistics file of this stage)")
+    if df.select(pl.struct("layer", "neuron").is_duplicated().any()).item():
+        raise DataError(f"{path}: statistics repeat a (layer, neuron) pair")
+    return df.sort("layer", "neuron")
+
+
+# -------------------------------------------------------------------------------------------- CLI
+
+
+def _chat_template_option(model_section: Any, source: str) -> bool:
+    """``model.chat_template`` from a full model section or a partial ``{"chat_template": bool}``."""
+    from taskprune.config import ModelConfig, validate_section
+
+    if model_section is None:
+        return False
+    if not isinstance(model_section, dict):
+        raise ConfigError(f"{source}: section 'model' must be a mapping, got {type(model_section).__name__}")
+    if "task" in model_section:
+        return bool(validate_section(model_section, ModelConfig, "model", source).chat_template)
+    unknown = [k for k in model_section if k != "chat_template"]
+    if unknown:
+        raise ConfigError(f"{source}: unknown key 'model.{unknown[0]}' (this stage reads model.chat_template)")
+    value = model_section.get("chat_template", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{source}: key 'model.chat_template' has bad value {value!r}: expected true or false")
+    return value
+
+
+def add_arguments(parser: Any) -> None:
+    from taskprune.config import add_config_arguments
+
+    parser.add_argument("--model-path", required=True, help="checkpoint directory (or hub id) of the model")
+    parser.add_argument("--data", required=True, help="dataset Parquet with a 'prompt' column (e.g. calibration)")
+    parser.add_argument("--output", required=True, help="statistics Parquet to write (results/stats/{model}/{dataset}.parquet)")
+    parser.add_argument("--model", help="model name (with --config: read models.<name>.chat_template)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_arguments(parser)
+
+
+def run(args: Any) -> int:
+    import torch
+
+    from taskprune.config import StatsConfig, stage_options
+    from taskprune.io import write_parquet
+    from taskprune.modeling import load_model, load_tokenizer
+
+    opts = stage_options(args, {"stats": StatsConfig, "device": "auto", "model": None}, model=args.model)
+    source = ", ".join(args.config) if getattr(args, "config", None) else "--options"
+    chat_template = _chat_template_option(opts.model, source)
+    cfg: StatsConfig = opts.stats
+
+    prompts = load_prompts(args.data)
+    try:
+        tokenizer = load_tokenizer(args.model_path, padding_side="right")
+    except ModelError:  # neither pad nor EOS token: fine here, padding is masked and any id serves
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(args.model_path))
+    model = load_model(args.model_path, opts.device)
+    tokenized = tokenize_prompts(tokenizer, prompts, max_length=cfg.max_length, chat_template=chat_template)
+    log.info(
+        "%s on %s: %d prompts, %d tokens, %s %s",
+        args.model_path, args.data, len(prompts), int(tokenized.lengths.sum()),
+        next(model.parameters()).device, next(model.parameters()).dtype,
+    )
+    started = time.perf_counter()
+    stats = collect_stats(
+        model,
+        tokenized.sequences,
+        token_budget=cfg.token_budget,
+        max_batch_size=cfg.max_batch_size,
+        batch_order=cfg.batch_order,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+        progress=not args.no_progress,
+    )
+    seconds = time.perf_counter() - started
+    metadata = {
+        "model_path": str(args.model_path),
+        "model_type": model.config.model_type,
+        "dataset": str(args.data),
+        "n_prompts": stats.n,
+        "tokens": stats.tokens,
+        "n_truncated": tokenized.n_truncated,
+        "chat_template": chat_template,
+        "stats": cfg.model_dump(),
+        "device": str(next(model.parameters()).device),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "layer_widths": stats.widths,
+        "seconds": round(seconds, 3),
+        "tokens_per_s": round(stats.tokens / seconds, 1) if seconds > 0 else math.inf,
+        "torch": torch.__version__,
+    }
+    write_parquet(stats.to_frame(), args.output, metadata=metadata)
+    log.info("wrote %s (%d layers, %d neurons) in %.1f s", args.output, len(stats.widths), sum(stats.widths), seconds)
+    return 0
