@@ -94,7 +94,7 @@ def check_png(path: Path) -> None:
     with Image.open(path) as im:
         w, h = im.size
         assert w > 300 and h > 200
-        assert len(set(im.convert("L").getdata())) > 10, f"{path} looks blank"
+        assert sum(1 for c in im.convert("L").histogram() if c) > 10, f"{path} looks blank"
 
 
 def check_svg(path: Path) -> None:

@@ -17,7 +17,9 @@ rule prune:
     input:
         unpack(prune_inputs),
     output:
-        maybe_temp(directory("results/pruned/{model}/{method}/{level}/{seed}")),
+        checkpoint=maybe_temp(directory("results/pruned/{model}/{method}/{level}/{seed}")),
+        # pruning.json outside the checkpoint, so it survives temp() checkpoints of big grids
+        summary="results/pruning/{model}/{method}/{level}/{seed}.json",
     params:
         model_path=lambda w: model_path(w.model),
         scores=lambda w, input: f"--scores {input.scores}" if "scores" in input.keys() else "",
@@ -34,5 +36,4 @@ rule prune:
     shell:
         TORCH_ENV + " taskprune prune --checkpoint {params.model_path:q} {params.scores} "
         "--method {wildcards.method} --level {wildcards.level} --seed {wildcards.seed} "
-        "--output {output} --summary results/pruning/{wildcards.model}/{wildcards.method}/"
-        "{wildcards.level}/{wildcards.seed}.json --options {params.opts:q} > {log} 2>&1"
+        "--output {output.checkpoint} --summary {output.summary} --options {params.opts:q} > {log} 2>&1"
