@@ -5,7 +5,7 @@
 set -euo pipefail
 
 keep_munge=0
-[[ ${1:-} == --keep-munge ]] && keep_munge=1
+if [[ ${1:-} == --keep-munge ]]; then keep_munge=1; fi
 
 log() { echo "slurm-down: $*" >&2; }
 

@@ -47,10 +47,15 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   # policy-rc.d 101 keeps the packages' maintainer scripts from starting daemons we did not configure
-  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-  chmod +x /usr/sbin/policy-rc.d
+  # (an existing policy-rc.d, as in container images, is left alone)
+  own_policy=0
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    own_policy=1
+  fi
   apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
-  rm -f /usr/sbin/policy-rc.d
+  if ((own_policy)); then rm -f /usr/sbin/policy-rc.d; fi
   log "installed in $((SECONDS - t0)) s"
 fi
 

@@ -222,6 +222,17 @@ def test_recovery_fails_when_one_variant_gets_worse():
     assert sum(x["worse"] for x in m["variants"]) == 1 and c["status"] == "not reproduced"
 
 
+def test_recovery_counts_every_recovered_method():
+    # Selective lost nothing; the random control lost a lot and recovers: the claim is decided by random.
+    rows = _recovery_rows([0.60, 0.59, 0.58], [0.60, 0.60, 0.59])
+    rows += [acc_row("m", "random", 30, 0.10, seed=33), acc_row("m", "random", 30, 0.45, seed=33, stage="recovered")]
+    c = claim(run_claims(rows), "recovery")
+    assert c["status"] == "reproduced"
+    tested = [x for x in c["per_model"]["m"]["variants"] if x["lost_accuracy"]]
+    assert [(x["method"], x["level"], x["recovers"]) for x in tested] == [("random", "30", True)]
+    assert "random 1/1" in c["summary"]
+
+
 def test_recovery_not_evaluated_when_pruning_lost_nothing():
     # Pruned and recovered both sit at the base accuracy: there is nothing to recover, so no verdict.
     c = claim(run_claims(_recovery_rows([0.60, 0.59, 0.58], [0.60, 0.60, 0.59])), "recovery")

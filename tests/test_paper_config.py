@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, copy_workflow
 
 PAPER_MODELS = {
@@ -106,8 +105,6 @@ def paper_workdir(tmp_path_factory):
 
 def offline_dry_run(workdir: Path, hf_home: Path, *args: str) -> subprocess.CompletedProcess:
     """``snakemake -n --configfile config/paper.yaml ARGS`` with no network and the hub forced offline."""
-    hf_home.mkdir(parents=True, exist_ok=True)
-    (hf_home / "hub").mkdir(exist_ok=True)
     env = dict(os.environ)
     env.update(
         HF_HOME=str(hf_home),
@@ -127,7 +124,8 @@ def offline_dry_run(workdir: Path, hf_home: Path, *args: str) -> subprocess.Comp
 @pytest.mark.parametrize("profile", [None, "profiles/slurm"], ids=["workstation", "slurm"])
 def test_paper_dry_run_prints_the_full_plan_offline(paper_workdir, tmp_path, profile):
     hf_home = tmp_path / "hf"
-    before = _files_under(hf_home) if hf_home.exists() else set()
+    (hf_home / "hub").mkdir(parents=True)
+    before = _files_under(hf_home)
     proc = offline_dry_run(paper_workdir, hf_home, *(["--profile", profile] if profile else []))
     jobs = dry_run_jobs(proc.stdout + proc.stderr)
     counts = rule_counts(jobs)

@@ -356,3 +356,19 @@ def test_cli_refuses_eval_items_in_training_data(task_files, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "evaluation prompt" in err and "leaky.parquet" in err
     assert not (task_files / "recovered").exists()
+
+
+def test_saved_in_the_source_dtype(tmp_path):
+    from safetensors.torch import load_file
+
+    from taskprune.recover import checkpoint_dtype
+
+    src = tmp_path / "pruned"
+    tiny_model("qwen2").to(torch.bfloat16).save_pretrained(src)
+    _tokenizer(src)
+    assert checkpoint_dtype(src) == torch.bfloat16
+    merged = tiny_model("qwen2")  # as trained on a CPU: fp32
+    save_recovered(merged, src, tmp_path / "out", {})
+    tensors = load_file(tmp_path / "out" / "model.safetensors")
+    assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
+    assert checkpoint_dtype(tmp_path / "out") == torch.bfloat16

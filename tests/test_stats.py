@@ -140,6 +140,17 @@ def test_float32_model_is_close_to_float64_truth(prompts):
     assert_stats_equal(got, want, rtol=2e-4)
 
 
+def test_bfloat16_model_accumulates_in_float(prompts):
+    """The CUDA path's dtype (bf16) works and stays close to fp32 (here on CPU, via the upcast fallback)."""
+    model = tiny_model("phi3", vocab_size=VOCAB)
+    want = collect_stats(model, prompts, progress=False)
+    got = collect_stats(model.to(torch.bfloat16), prompts, progress=False)
+    for layer in range(2):
+        np.testing.assert_allclose(got.mean[layer], want.mean[layer], rtol=0.05, atol=1e-3)
+        np.testing.assert_allclose(got.sq_mean[layer], want.sq_mean[layer], rtol=0.05, atol=1e-4)
+    assert got.mean[0].dtype == np.float64
+
+
 @pytest.mark.parametrize("arch_name", ["llama", "gpt2"])
 def test_batch_size_and_padding_side_do_not_matter(arch_name, prompts):
     model = tiny_model(arch_name, vocab_size=VOCAB).double()
@@ -349,3 +360,54 @@ def test_adapter_weights_match_the_modules(arch):
     assert [tuple(w.shape) for w in rows] == [(80, 32), (80, 32)]
     for w, truth in zip(rows, out_proj_norms(model), strict=True):
         np.testing.assert_array_equal(w.detach().numpy(), truth.T)
+
+
+# ------------------------------------------------------------------------------- benchmark plumbing
+
+
+def test_paper_baseline_agrees_with_streamed_stats(arch, prompts):
+    """The benchmark's baseline (recompute gate/up, keep per-prompt arrays) computes the same numbers."""
+    from taskprune.bench_stats import run_paper
+    from taskprune.stats import iter_padded_batches
+
+    model = tiny_model(arch, vocab_size=VOCAB).double()
+    ours = collect_stats(model, prompts, max_batch_size=8, progress=False)
+    plan = plan_batches([len(p) for p in prompts], token_budget=10_000, max_batch_size=8)
+    mean, var = run_paper(model, list(iter_padded_batches(prompts, plan)))
+    for layer in range(2):
+        np.testing.assert_allclose(mean[layer], ours.mean[layer], rtol=1e-5)
+        np.testing.assert_allclose(var[layer], ours.variance[layer], rtol=1e-4, atol=1e-12)
+
+
+def bench_fixture(tmp_path):
+    from taskprune.bench_stats import save_random_llama, synthetic_prompts
+
+    model_dir = save_random_llama(tmp_path / "rand", hidden=32, layers=2, d_ff=160, vocab=300)
+    data = write_dataset(tmp_path / "prompts.parquet", synthetic_prompts(10, seed=3))
+    return model_dir, data
+
+
+def test_bench_stats_cli_throughput_rows(tmp_path):
+    model_dir, data = bench_fixture(tmp_path)
+    out = tmp_path / "bench.parquet"
+    rc = main(["bench-stats", "--run", "rand", str(model_dir), str(data), "--output", str(out),
+               "--throughput-prompts", "12", "--rounds", "2", "--memory-approaches", "--options", '{"device": "cpu"}'])
+    assert rc == 0
+    table = pl.read_parquet(out)
+    assert table["approach"].to_list() == ["plain_forward", "taskprune_stats", "paper_hooks"]
+    assert (table["kind"] == "throughput").all() and (table["value"] > 0).all()
+    assert table.filter(pl.col("approach") == "plain_forward")["ratio"].item() == 1.0
+    assert table["stats_vs_paper_max_rel_diff"].max() < 1e-3  # fp32: the two methods agree
+
+
+@pytest.mark.slow
+def test_bench_stats_memory_rows(tmp_path):
+    model_dir, data = bench_fixture(tmp_path)
+    out = tmp_path / "bench.parquet"
+    rc = main(["bench-stats", "--run", "rand", str(model_dir), str(data), "--output", str(out),
+               "--throughput-prompts", "4", "--rounds", "1", "--memory-prompts", "5", "20",
+               "--memory-approaches", "taskprune_stats", "--options", '{"device": "cpu"}'])
+    assert rc == 0
+    memory = pl.read_parquet(out).filter(pl.col("kind") == "peak_memory")
+    assert memory["n_prompts"].to_list() == [5, 20] and (memory["value"] > 0).all()
+    assert memory["goal_met"].to_list()[1] is not None

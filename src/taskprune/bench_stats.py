@@ -15,7 +15,9 @@ batches (the decoder stack without the LM head, ``torch.inference_mode()``, no K
 Rows of ``results/bench/stats_collection.parquet`` (one per model, approach and measurement):
 
 - ``kind = throughput``: non-padding tokens/s (median over ``--rounds`` interleaved passes, with
-  quartiles), ``ratio`` = this approach / ``plain_forward``. Goal for ``taskprune_stats``: ratio >= 0.90.
+  quartiles); ``ratio`` = median over rounds of this approach / ``plain_forward`` in the same round.
+  Goal for ``taskprune_stats``: ratio >= 0.90. ``cpu_time_tokens_per_s`` and ``ratio_cpu_time`` are the
+  same from process CPU time, which other jobs on a shared CPU machine do not inflate (ignore on CUDA).
 - ``kind = peak_memory``: peak memory of a fresh subprocess that loads the model, tokenizes ``n_prompts``
   prompts and runs the approach (CUDA: ``torch.cuda.max_memory_allocated``; CPU: peak resident set size),
   ``ratio`` = this peak / the peak at the smallest prompt count. Goal for ``taskprune_stats``: ratio at
@@ -35,7 +37,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +121,7 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize()
 
 
-def run_plain(model: Any, batches: Sequence[Any]) -> None:
+def run_plain(model: Any, batches: Iterable[Any]) -> None:
     import torch
 
     from taskprune import arch
@@ -133,14 +135,14 @@ def run_plain(model: Any, batches: Sequence[Any]) -> None:
     _sync(device)
 
 
-def run_taskprune(model: Any, batches: Sequence[Any]) -> Any:
+def run_taskprune(model: Any, batches: Iterable[Any]) -> Any:
     from taskprune.stats import collect_stats_over
 
     stats = collect_stats_over(model, batches, progress=False)  # ends with a device -> host copy
     return stats
 
 
-def run_paper(model: Any, batches: Sequence[Any]) -> Any:
+def run_paper(model: Any, batches: Iterable[Any]) -> Any:
     import torch
 
     from taskprune import arch
@@ -158,15 +160,18 @@ def run_paper(model: Any, batches: Sequence[Any]) -> Any:
     return hooks.result()
 
 
-RUNNERS: dict[str, Callable[[Any, Sequence[Any]], Any]] = {
+RUNNERS: dict[str, Callable[[Any, Iterable[Any]], Any]] = {
     "plain_forward": run_plain,
     "taskprune_stats": run_taskprune,
     "paper_hooks": run_paper,
 }
 
 
-def prepare_batches(tokenizer: Any, prompts: Sequence[str], stats_cfg: Any, chat_template: bool = False) -> list[Any]:
-    """Tokenized, length-sorted, token-budget batches, padded on the CPU once for every approach."""
+def prepare_batches(
+    tokenizer: Any, prompts: Sequence[str], stats_cfg: Any, chat_template: bool = False, *, lazy: bool = False
+) -> Any:
+    """Tokenized, length-sorted, token-budget batches: a list padded once for every approach, or (``lazy``)
+    a generator that pads each batch when it is needed, as ``taskprune stats`` does."""
     from taskprune.stats import iter_padded_batches, plan_batches, tokenize_prompts
 
     tokenized = tokenize_prompts(tokenizer, prompts, max_length=stats_cfg.max_length, chat_template=chat_template)
@@ -174,24 +179,36 @@ def prepare_batches(tokenizer: Any, prompts: Sequence[str], stats_cfg: Any, chat
         tokenized.lengths, token_budget=stats_cfg.token_budget, max_batch_size=stats_cfg.max_batch_size,
         order=stats_cfg.batch_order,
     )
-    return list(iter_padded_batches(tokenized.sequences, plan))
+    batches = iter_padded_batches(tokenized.sequences, plan)
+    return batches if lazy else list(batches)
 
 
-def measure_throughput(model: Any, batches: Sequence[Any], rounds: int = 3) -> dict[str, list[float]]:
+def measure_throughput(model: Any, batches: Sequence[Any], rounds: int = 5) -> dict[str, dict[str, list[float]]]:
     """Tokens/s of each approach over the same batches: one warm-up pass each, then ``rounds`` rounds in
-    rotating order (so a slow spell of a shared machine does not always hit the same approach)."""
+    rotating order (so a slow spell of a shared machine does not always hit the same approach).
+
+    Per approach: ``wall`` and ``cpu`` (process CPU time; robust to other jobs on a shared CPU machine,
+    meaningless on CUDA) tokens/s of every round.
+    """
     tokens = sum(b.n_tokens for b in batches)
     for runner in RUNNERS.values():
         runner(model, batches[: min(2, len(batches))])
-    results: dict[str, list[float]] = {name: [] for name in RUNNERS}
+    results: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in RUNNERS}
     names = list(RUNNERS)
     for r in range(rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
-            started = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             RUNNERS[name](model, batches)
-            results[name].append(tokens / (time.perf_counter() - started))
-            log.info("round %d %-16s %10.0f tokens/s", r + 1, name, results[name][-1])
+            results[name]["wall"].append(tokens / (time.perf_counter() - wall))
+            results[name]["cpu"].append(tokens / max(time.process_time() - cpu, 1e-9))
+            log.info("round %d %-16s %10.0f tokens/s (%10.0f per CPU second)", r + 1, name,
+                     results[name]["wall"][-1], results[name]["cpu"][-1])
     return results
+
+
+def paired_ratio(values: Sequence[float], reference: Sequence[float]) -> float:
+    """Median over rounds of value / reference of the same round (the rounds ran back to back)."""
+    return float(np.median(np.asarray(values) / np.asarray(reference)))
 
 
 def agreement(model: Any, batches: Sequence[Any]) -> float:
@@ -229,16 +246,25 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
         cuda_before = torch.cuda.memory_allocated()
     prompts = cycled_prompts(spec["data"], int(spec["n_prompts"]))
-    batches = prepare_batches(tokenizer, prompts, StatsConfig.model_validate(spec["stats"]), spec["chat_template"])
+    cfg = StatsConfig.model_validate(spec["stats"])
+    batches = prepare_batches(tokenizer, prompts, cfg, spec["chat_template"], lazy=True)
+    n_tokens = 0
+
+    def counted() -> Any:
+        nonlocal n_tokens
+        for batch in batches:
+            n_tokens += batch.n_tokens
+            yield batch
+
     started = time.perf_counter()
-    RUNNERS[spec["approach"]](model, batches)
+    RUNNERS[spec["approach"]](model, counted())
     seconds = time.perf_counter() - started
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     out = {
         "peak_rss_bytes": int(peak_rss),
         "rss_before_bytes": int(rss_before),
         "seconds": seconds,
-        "n_tokens": int(sum(b.n_tokens for b in batches)),
+        "n_tokens": n_tokens,
         "peak_cuda_bytes": None,
         "cuda_before_bytes": None,
     }
@@ -305,17 +331,20 @@ def benchmark_model(
               "stats_vs_paper_max_rel_diff": difference}
     rows: list[dict[str, Any]] = []
     speeds = measure_throughput(model, batches, rounds)
-    plain = float(np.median(speeds["plain_forward"]))
+    plain = speeds["plain_forward"]
     for approach, values in speeds.items():
-        median = float(np.median(values))
+        ratio = paired_ratio(values["wall"], plain["wall"])
         goal = approach == "taskprune_stats"
         rows.append({
             **common, "approach": approach, "kind": "throughput", "n_prompts": throughput_prompts,
-            "n_tokens": tokens, "value": median, "unit": "tokens/s",
-            "value_q1": float(np.percentile(values, 25)), "value_q3": float(np.percentile(values, 75)),
-            "repeats": len(values), "ratio": median / plain, "ratio_to": "plain_forward",
+            "n_tokens": tokens, "value": float(np.median(values["wall"])), "unit": "tokens/s",
+            "value_q1": float(np.percentile(values["wall"], 25)),
+            "value_q3": float(np.percentile(values["wall"], 75)),
+            "repeats": len(values["wall"]), "ratio": ratio, "ratio_to": "plain_forward",
             "goal": f"ratio >= {THROUGHPUT_GOAL:.2f}" if goal else None,
-            "goal_met": bool(median / plain >= THROUGHPUT_GOAL) if goal else None,
+            "goal_met": bool(ratio >= THROUGHPUT_GOAL) if goal else None,
+            "cpu_time_tokens_per_s": float(np.median(values["cpu"])),
+            "ratio_cpu_time": paired_ratio(values["cpu"], plain["cpu"]),
         })
     del model
     for approach in memory_approaches:
@@ -392,7 +421,7 @@ def add_arguments(parser: Any) -> None:
                         help="prompt counts for the peak-memory subprocesses")
     parser.add_argument("--memory-approaches", nargs="*", choices=APPROACHES, default=list(APPROACHES),
                         help="approaches whose peak memory is measured")
-    parser.add_argument("--rounds", type=int, default=3, help="timed passes per approach")
+    parser.add_argument("--rounds", type=int, default=5, help="timed passes per approach")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     add_config_arguments(parser)
 

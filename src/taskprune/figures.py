@@ -141,10 +141,11 @@ def _empty(ax: Axes, text: str) -> None:
         s.set_visible(False)
 
 
-def _level_ticks(ax: Axes, levels: pd.DataFrame | None, all_levels: Sequence[tuple[float, str]]) -> None:
-    if all_levels:
-        ax.set_xticks([x for x, _ in all_levels])
-        ax.set_xticklabels([lbl for _, lbl in all_levels], rotation=45 if len(all_levels) > 5 else 0)
+def _level_ticks(ax: Axes, ticks: Sequence[tuple[float, str]]) -> None:
+    """x ticks at the evaluated levels, labelled as written in the config (e.g. 15.71)."""
+    if ticks:
+        ax.set_xticks([x for x, _ in ticks])
+        ax.set_xticklabels([lbl for _, lbl in ticks], rotation=45 if len(ticks) > 5 else 0)
 
 
 def plot_curve(ax: Axes, c: pd.DataFrame, method: str, *, scale: float = 100.0, label: str | None = None,
@@ -245,10 +246,6 @@ class Results:
         self.models = sorted(metrics["model"].unique().to_list())
         targets = metrics.filter(pl.col("metric") == "accuracy").select("model", "task").unique()
         self.target_task = dict(targets.iter_rows())
-        self.levels = sorted(
-            {(float(a), str(b)) for a, b in metrics.filter(pl.col("stage") != "base")
-             .select("level_pct", "level").unique().iter_rows()}
-        )  # fmt: skip
 
     def rows(self, model: str, metric: str, *, task: str | None = None, method: str | None = None,
              stage: str = "pruned") -> pl.DataFrame:  # fmt: skip
@@ -276,10 +273,14 @@ class Results:
 
     def levels_for(self, model: str) -> list[float]:
         """Pruning levels evaluated for ``model`` (any method, pruned stage)."""
+        return [x for x, _ in self.level_ticks(model)]
+
+    def level_ticks(self, model: str) -> list[tuple[float, str]]:
+        """(level_pct, level as written) of every pruned level of ``model`` (models may differ: 1.5B vs 7B)."""
         import polars as pl
 
-        m = self.metrics.filter((pl.col("model") == model) & (pl.col("stage") == "pruned"))
-        return sorted({float(x) for x in m["level_pct"].unique().to_list()})
+        m = self.metrics.filter((pl.col("model") == model) & (pl.col("stage") != "base"))
+        return sorted({(float(a), str(b)) for a, b in m.select("level_pct", "level").unique().iter_rows()})
 
     def task_label(self, model: str) -> str:
         return self.target_task.get(model, "target task")
@@ -332,7 +333,7 @@ def fig_accuracy_vs_level(res: Results) -> Figure:
             if j == 0:
                 ax.set_ylabel(f"{task} accuracy (%)")
             ax.set_ylim(bottom=0)
-            _level_ticks(ax, None, res.levels)
+            _level_ticks(ax, res.level_ticks(model))
     _finish(fig, "Target-task accuracy vs pruning level",
             res.verdict("selective_beats_random") or "bands: 95% CI over items (single seed) or range over seeds")
     _legend_below(fig, axes.ravel().tolist(), ncol=4)
@@ -366,7 +367,7 @@ def fig_reverse_collapse(res: Results) -> Figure:
         ax_line.set_xlabel(LEVEL_AXIS, fontsize=9)
         ax_line.set_ylabel(f"{task} accuracy (%)")
         ax_line.set_ylim(bottom=0)
-        _level_ticks(ax_line, None, res.levels)
+        _level_ticks(ax_line, res.level_ticks(model))
 
         # Bars at the evaluated level nearest 10% inside the window.
         in_window = sorted({lv for c in curves.values() for lv in c["level_pct"]
@@ -418,7 +419,8 @@ def fig_recovery(res: Results) -> Figure:
         if not methods:
             _empty(ax, f"{model}: no recovered variants evaluated")
             continue
-        spacing = min((b - a for (a, _), (b, _) in zip(res.levels, res.levels[1:], strict=False)), default=10.0)
+        ticks = res.level_ticks(model)
+        spacing = min((b - a for (a, _), (b, _) in zip(ticks, ticks[1:], strict=False)), default=10.0)
         for m in methods:
             rec = curve(res.rows(model, "accuracy", method=m, stage="recovered"))
             pruned = curve(res.rows(model, "accuracy", method=m))
@@ -439,7 +441,7 @@ def fig_recovery(res: Results) -> Figure:
         ax.set_xlabel(LEVEL_AXIS, fontsize=9)
         ax.set_ylabel(f"{res.task_label(model)} accuracy (%)")
         ax.set_ylim(bottom=0)
-        _level_ticks(ax, None, res.levels)
+        _level_ticks(ax, res.level_ticks(model))
     _finish(fig, "Recovery: accuracy before (pruned) and after LoRA fine-tuning (recovered)",
             (res.verdict("recovery") or "") + " Error bars: 95% CI over items (seed range for several seeds).")
     _legend_below(fig, axes.ravel().tolist(), ncol=3)
@@ -474,7 +476,7 @@ def _per_task_figure(res: Results, title: str, metric_for: Callable[[str], list[
             ax.set_xlabel(LEVEL_AXIS, fontsize=9)
             ax.set_ylabel(ylabel(task, metric), fontsize=9)
             ax.set_ylim(bottom=0)
-            _level_ticks(ax, None, res.levels)
+            _level_ticks(ax, res.level_ticks(model))
     _finish(fig, title, subtitle or None)
     _legend_below(fig, axes.ravel().tolist(), ncol=4)
     return fig
@@ -538,18 +540,16 @@ def fig_efficiency(res: Results) -> Figure:
     import polars as pl
     import seaborn as sns
 
-    fig, axes = _subplots(len(res.models), 3, (15, 3.3 * len(res.models) + 2.4))
     eff = res.efficiency
-    batches: list[int] = []
-    if eff is not None:
-        batches = sorted(int(b) for b in eff.filter(pl.col("phase") == "decode")["batch_size"].unique().to_list())
+    if eff is None or eff.height == 0:
+        fig, axes = _subplots(1, 1, (6, 3))
+        _empty(axes[0][0], "no efficiency table (--efficiency)")
+        _finish(fig, "Efficiency of the pruned checkpoints")
+        return fig
+    fig, axes = _subplots(len(res.models), 3, (15, 3.3 * len(res.models) + 2.4))
+    batches = sorted(int(b) for b in eff.filter(pl.col("phase") == "decode")["batch_size"].unique().to_list())
     palette = dict(zip(batches, sns.color_palette("viridis", max(1, len(batches))), strict=False))
-    ticks = [(0.0, "0 (base)")] + list(res.levels)
     for i, model in enumerate(res.models):
-        if eff is None:
-            for ax in axes[i]:
-                _empty(ax, "no efficiency table (--efficiency)")
-            continue
         base, pruned, method = _bench_method(eff, model)
         if base.height == 0 or pruned.height == 0:
             _empty(axes[i][0], f"{model}: no {'base' if base.height == 0 else 'pruned'} benchmark")
@@ -624,7 +624,7 @@ def fig_efficiency(res: Results) -> Figure:
         for ax in axes[i]:
             if ax.has_data():
                 ax.set_xlabel("pruning level (% of MLP neurons removed)", fontsize=9)
-                _level_ticks(ax, None, ticks)
+                _level_ticks(ax, [(0.0, "0 (base)"), *res.level_ticks(model)])
     # Legends of the parameter and memory columns under the bottom row (throughput has one per panel).
     for ax in axes[-1][:2]:
         handles: dict[str, Any] = {}
@@ -635,7 +635,7 @@ def fig_efficiency(res: Results) -> Figure:
             ax.legend(list(handles.values()), list(handles.keys()), loc="upper center", bbox_to_anchor=(0.5, -0.32),
                       fontsize=8, frameon=False, ncol=1)  # fmt: skip
     device = ""
-    if eff is not None and "device" in eff.columns and eff.height:
+    if "device" in eff.columns:
         device = f"Device: {', '.join(sorted(str(d) for d in eff['device'].unique().to_list()))}. "
     _finish(fig, "Efficiency of the pruned checkpoints: measured (solid) vs ideal (dashed orange)",
             device + (res.verdict("efficiency") or ""))
@@ -761,8 +761,9 @@ def fig_removed_neurons(res: Results) -> Figure:
             ax.set_xticklabels([f"{float(t.get_text()):g}" for t in ax.get_xticklabels()], rotation=0)
             ax.set_xlabel(LEVEL_AXIS.replace(" removed", ""), fontsize=9)
             ax.set_ylabel("decoder layer")
-            who = "all methods" if len(methods) == len(method_order(methods)) and len(methods) > 2 else ", ".join(
-                method_label(m) for m in methods)
+            n_methods = sum(len(ms) for ms, _ in panels[model])
+            who = f"all {n_methods} methods" if len(methods) == n_methods > 1 else ", ".join(
+                method_label(m) for m in methods)  # fmt: skip
             ax.set_title(f"{model} — {who}", fontsize=9, wrap=True)
         ax = axes[i][ncols - 1]
         ov = overlaps[model]

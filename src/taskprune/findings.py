@@ -75,12 +75,12 @@ RULES: dict[str, str] = {
         "reproduced when it holds for every evaluated specialist"
     ),
     "recovery": (
-        "per specialist, over every (level, seed) of 'selective' with both a pruned and a recovered "
-        "evaluation whose pruned accuracy is below the base model's beyond noise (a variant that lost nothing "
-        "has nothing to recover and is only listed): a variant recovers when its recovered accuracy is higher "
-        "than its pruned accuracy beyond noise; the claim holds for the specialist when at least half (rounded "
-        "up) of those variants recover and no recovered variant is lower than its pruned one beyond noise; "
-        "reproduced when it holds for every evaluated specialist"
+        "per specialist, over every recovered variant (any pruning method and level; by default selective at "
+        "every level and random at the highest) whose pruned accuracy is below the base model's beyond noise "
+        "(a variant that lost nothing has nothing to recover and is only listed): a variant recovers when its "
+        "recovered accuracy is higher than its pruned accuracy beyond noise; the claim holds for the specialist "
+        "when at least half (rounded up) of those variants recover and no recovered variant is lower than its "
+        "pruned one beyond noise; reproduced when it holds for every evaluated specialist"
     ),
     "efficiency": (
         "per specialist, pruned 'selective' variants (another pruned method when 'selective' was not "
@@ -438,15 +438,16 @@ def claim_reverse_collapse(acc: Accuracy) -> dict[str, Any]:
                   "paper", per_model, other_reverse_methods=other_reverse)  # fmt: skip
 
 
-def recovery_for(acc: Accuracy, model: str, method: str) -> dict[str, Any]:
+def recovery_for(acc: Accuracy, model: str, methods: Sequence[str]) -> dict[str, Any]:
+    """The recovery rule over every recovered (method, level, seed) of ``methods`` for one specialist."""
     base = acc.base(model)
-    pairs = acc.recovered_pairs(model, method)
+    pairs = [(m, level, seed) for m in methods for level, seed in acc.recovered_pairs(model, m)]
     if not pairs:
-        return {"status": NOT_EVALUATED, "summary": f"not evaluated (no recovered '{method}' variant)"}
+        return {"status": NOT_EVALUATED, "summary": "not evaluated (no recovered variant)"}
     if base is None:
         return {"status": NOT_EVALUATED, "summary": "not evaluated (no base evaluation)"}
     items = []
-    for level, seed in pairs:
+    for method, level, seed in pairs:
         pruned = acc.seed_row(model, method, level, seed, "pruned")
         rec = acc.seed_row(model, method, level, seed, "recovered")
         assert pruned is not None and rec is not None
@@ -454,7 +455,7 @@ def recovery_for(acc: Accuracy, model: str, method: str) -> dict[str, Any]:
         loss = compare(pruned, base)
         lost = base.value - pruned.value
         items.append({
-            "level": acc.label(level), "level_pct": level, "seed": seed,
+            "method": method, "level": acc.label(level), "level_pct": level, "seed": seed,
             "pruned": pruned.to_json(), "recovered": rec.to_json(),
             "pruned_vs_base": loss.to_json(),
             "recovered_vs_pruned": gain.to_json(),
@@ -470,22 +471,24 @@ def recovery_for(acc: Accuracy, model: str, method: str) -> dict[str, Any]:
     out: dict[str, Any] = {"base": base.to_json(), "variants": items}
     if not tested and n_worse == 0:
         out["status"] = NOT_EVALUATED
-        out["summary"] = (f"not evaluated (none of the {len(items)} recovered {method} variants lost accuracy "
-                          "beyond noise when pruned, so there is nothing to recover)")  # fmt: skip
+        out["summary"] = (f"not evaluated (none of the {len(items)} recovered variants lost accuracy beyond noise "
+                          "when pruned, so there is nothing to recover)")  # fmt: skip
         return out
     ok = bool(tested) and n_rec >= math.ceil(len(tested) / 2) and n_worse == 0
     out["status"] = _status(ok)
-    out["summary"] = (f"{n_rec} of {len(tested)} {method} variants that lost accuracy recover beyond noise "
-                      f"({len(items) - len(tested)} lost nothing), {n_worse} get worse")  # fmt: skip
+    by_method = ", ".join(
+        f"{m} {sum(x['recovers'] for x in tested if x['method'] == m)}/{sum(x['method'] == m for x in tested)}"
+        for m in dict.fromkeys(x["method"] for x in tested)
+    )
+    out["summary"] = (f"{n_rec} of {len(tested)} variants that lost accuracy recover beyond noise ({by_method}; "
+                      f"{len(items) - len(tested)} more lost nothing), {n_worse} get worse")  # fmt: skip
     return out
 
 
 def claim_recovery(acc: Accuracy) -> dict[str, Any]:
-    per_model = {model: recovery_for(acc, model, "selective") for model in acc.models}
-    others: dict[str, Any] = {}
+    per_model = {model: recovery_for(acc, model, acc.methods(model, "recovered")) for model in acc.models}
     control: dict[str, Any] = {}
     for model in acc.models:
-        others[model] = {m: recovery_for(acc, model, m) for m in acc.methods(model, "recovered") if m != "selective"}
         # Does recovery close the selective-random gap? Compare at levels where both were recovered.
         shared = sorted(set(acc.levels(model, "selective", "recovered")) & set(acc.levels(model, "random", "recovered")))
         rows = []
@@ -498,8 +501,8 @@ def claim_recovery(acc: Accuracy) -> dict[str, Any]:
             rows.append(row)
         if rows:
             control[model] = rows
-    return _claim("recovery", "LoRA fine-tuning recovers the accuracy of selectively pruned models.", "paper",
-                  per_model, other_methods=others, selective_vs_random_after_recovery=control)  # fmt: skip
+    return _claim("recovery", "LoRA fine-tuning recovers the accuracy that pruning lost.", "paper",
+                  per_model, selective_vs_random_after_recovery=control)  # fmt: skip
 
 
 def claim_selectivity_beyond_magnitude(acc: Accuracy) -> dict[str, Any]:
@@ -626,8 +629,9 @@ def _efficiency_model(eff: pl.DataFrame, model: str) -> dict[str, Any]:
         for bs in batches:
             b = dec_b.filter(pl.col("batch_size") == bs).row(0, named=True)
             p = dec_p.filter((pl.col("batch_size") == bs) & (pl.col("level_pct") == top)).row(0, named=True)
-            raised = p["tokens_per_s_q1"] is not None and b["tokens_per_s_q3"] is not None and (
-                p["tokens_per_s_q1"] > b["tokens_per_s_q3"])
+            q1, q3 = p["tokens_per_s_q1"], b["tokens_per_s_q3"]
+            known = q1 is not None and q3 is not None and not (math.isnan(q1) or math.isnan(q3))
+            raised = bool(q1 > q3) if known else None
             item = {"batch_size": int(bs), "base_tokens_per_s": b["tokens_per_s"],
                     "base_iqr": [b["tokens_per_s_q1"], b["tokens_per_s_q3"]],
                     "pruned_tokens_per_s": p["tokens_per_s"], "pruned_iqr": [p["tokens_per_s_q1"], p["tokens_per_s_q3"]],
@@ -651,7 +655,7 @@ def _efficiency_model(eff: pl.DataFrame, model: str) -> dict[str, Any]:
         parts.append(f"params {out['params']['per_level'][-1]['fraction_of_base']:.0%} of base at the highest level")
     if "memory" in out:
         parts.append(f"peak memory -{out['memory']['reduction']:.1%}")
-    if out.get("throughput", {}).get("decode"):
+    if out.get("throughput", {}).get("decode") and out["throughput"]["decode"][-1]["measured_speedup"]:
         t = out["throughput"]["decode"][-1]
         ideal = f" (ideal {t['ideal_speedup']:.2f}x)" if t.get("ideal_speedup") else ""
         parts.append(f"decode x{t['measured_speedup']:.2f}{ideal} at batch {t['batch_size']}")
@@ -709,6 +713,10 @@ def _json_safe(obj: Any) -> Any:
 # ------------------------------------------------------------------------------ human-readable
 
 
+def _num(x: float | None, fmt: str = ".0f") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
 def _fmt_est(e: dict[str, Any] | None) -> str:
     if not e or e.get("value") is None:
         return "n/a"
@@ -755,9 +763,9 @@ def _claim_tables(claim: dict[str, Any], model: str, entry: dict[str, Any]) -> l
         head = ["method", "level %", "acc. % [95% CI]", "base %", "collapse below %", "random same level %", "verdict"]
         return [(head, rows)] if rows else []
     if cid == "recovery":
-        head = ["level %", "seed", "pruned %", "pruned - base (pp)", "recovered %", "recovered - pruned (pp)",
-                "gap closed", "recovers"]  # fmt: skip
-        rows = [[x["level"], str(x["seed"]), _fmt_est(x["pruned"]), _fmt_cmp(x["pruned_vs_base"]),
+        head = ["method", "level %", "seed", "pruned %", "pruned - base (pp)", "recovered %",
+                "recovered - pruned (pp)", "gap closed", "recovers"]  # fmt: skip
+        rows = [[x["method"], x["level"], str(x["seed"]), _fmt_est(x["pruned"]), _fmt_cmp(x["pruned_vs_base"]),
                  _fmt_est(x["recovered"]), _fmt_cmp(x["recovered_vs_pruned"]),
                  "n/a" if x["gap_closed"] is None else f"{x['gap_closed']:.0%}",
                  ("yes" if x["recovers"] else "no") if x["lost_accuracy"] else "nothing lost"]
@@ -777,9 +785,9 @@ def _claim_tables(claim: dict[str, Any], model: str, entry: dict[str, Any]) -> l
             ideal = "" if t.get("ideal_speedup") is None else f" (ideal {t['ideal_speedup']:.2f}x)"
             rows.append([f"decode tokens/s, batch {t['batch_size']} [IQR]",
                          f"{entry['throughput']['highest_level_pct']:g}",
-                         f"{t['base_tokens_per_s']:.0f} [{t['base_iqr'][0]:.0f}, {t['base_iqr'][1]:.0f}]",
-                         f"{t['pruned_tokens_per_s']:.0f} [{t['pruned_iqr'][0]:.0f}, {t['pruned_iqr'][1]:.0f}]",
-                         f"{t['measured_speedup']:.2f}x{ideal}"])  # fmt: skip
+                         f"{_num(t['base_tokens_per_s'])} [{_num(t['base_iqr'][0])}, {_num(t['base_iqr'][1])}]",
+                         f"{_num(t['pruned_tokens_per_s'])} [{_num(t['pruned_iqr'][0])}, {_num(t['pruned_iqr'][1])}]",
+                         f"{_num(t['measured_speedup'], '.2f')}x{ideal}"])  # fmt: skip
         head = ["quantity", "level %", "base", "pruned", "ratio"]
         return [(head, rows)] if rows else []
     return []

@@ -396,7 +396,7 @@ def save_recovered(
     *,
     started: float | None = None,
 ) -> None:
-    """Save the merged model in the source checkpoint's dtype, with its tokenizer and ``recovery.json``,
+    """Save the merged model (cast in place) in the source checkpoint's dtype, with its tokenizer and ``recovery.json``,
     atomically: ``out_dir`` appears complete or not at all. ``record["seconds"]`` gains ``save`` and, given
     the ``time.perf_counter()`` at which the job ``started``, ``total``.
 

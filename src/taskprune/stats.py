@@ -394,6 +394,8 @@ class StatsCollector:
         def hook(module: Any, args: tuple[Any, ...]) -> None:
             a = args[0]  # [B, T, d_ff], the input of the output projection
             batch, seq, width = a.shape
+            if self._mask3.dtype != a.dtype:  # e.g. under autocast
+                self._mask3, self._mask_flat = self._mask3.to(a.dtype), self._mask_flat.to(a.dtype)
             abs_a = self._abs_into_scratch(a)
             sums = _bmm_to_float(self._mask3, abs_a)  # [B, 1, d_ff] = sum_t M |a|
             v = sums.view(batch, width).double() / self._counts  # [B, d_ff]

@@ -310,6 +310,15 @@ def heldout_check(model: Any, tokenizer: Any, kind: str, eval_df: Any, evaluatio
 # ============================================================================================ driver
 
 
+@dataclass
+class TrainedSpecialist:
+    """The trained model and tokenizer (in memory, eval mode) and what training.json records."""
+
+    model: Any
+    tokenizer: Any
+    info: dict[str, Any]
+
+
 def _read_train_split(data_dir: Path, task: str) -> Any:
     from taskprune.data import read_split
 
@@ -339,8 +348,8 @@ def train_specialist(
     evaluation: EvaluationConfig,
     device: str = "auto",
     progress: bool = True,
-) -> dict[str, Any]:
-    """Train the specialist ``name`` and write its checkpoint directory atomically; returns training.json."""
+) -> TrainedSpecialist:
+    """Train the specialist ``name`` and write its checkpoint directory atomically."""
     import polars as pl
     import torch
 
@@ -422,6 +431,10 @@ def train_specialist(
         "architecture": arch.model_dump(),
         "training": tcfg.model_dump(),
     }
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -429,7 +442,7 @@ def train_specialist(
         loss_df = pl.DataFrame(records)
         write_parquet(loss_df, tmp / "loss.parquet", metadata={"model": name})
         _plot_loss(loss_df, tmp / "loss.png", name)
-    return info
+    return TrainedSpecialist(model, tokenizer, info)
 
 
 def _plot_loss(loss_df: Any, path: Path, name: str) -> None:
@@ -482,7 +495,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"models.{args.model}.source is '{opts.model.source}': only 'train' models are trained")
     info = train_specialist(
         args.model, opts.model, tasks, args.data_dir, args.out, opts.evaluation, opts.device, not args.no_progress
-    )
+    ).info
     print(f"{args.model}: held-out accuracy {info['heldout_accuracy']:.3f} ({info['n_heldout']} items), "
           f"trained in {info['train_seconds']:.0f} s")  # fmt: skip
     return 0

@@ -123,5 +123,5 @@ def final_outputs():
     outs += [f"results/scores/{m}/{s}.parquet" for m in CFG.models for s in CFG.scores.methods]
     outs += ["results/metrics.parquet", "results/bench/efficiency.parquet", "results/findings.json"]
     outs += ["results/bench/stats_collection.parquet", "results/bench/generation.parquet"]
-    outs += FIGURE_OUTPUTS + ["results/findings.md"]
+    outs += FIGURE_OUTPUTS + ["results/findings.md", "results/findings.html"]
     return outs

@@ -11,6 +11,7 @@ except ImportError:  # the figures module is optional while developing
 FIGURE_OUTPUTS = [f"results/figures/{n}.png" for n in FIGURE_NAMES] + [
     "results/tables/summary.csv",
     "results/tables/summary.md",
+    "results/tables/summary.html",
 ]
 
 
@@ -19,7 +20,7 @@ def _score_tables():
 
 
 def _manifests():
-    return [f"{v.checkpoint}" for v in PRUNED if not CFG.pruning.temporary_checkpoints]
+    return [f"{v.checkpoint}" for v in PRUNED if not CFG.pruning.temporary_checkpoints]  # dirs with manifest.parquet
 
 
 rule findings:
@@ -28,14 +29,15 @@ rule findings:
         efficiency="results/bench/efficiency.parquet",
     output:
         json="results/findings.json",
-        md=report("results/findings.md", caption="../report/findings.rst", category="1. Findings"),
+        md="results/findings.md",
+        html=report("results/findings.html", caption="../report/findings.rst", category="1. Findings"),
     params:
         src=source_hash("findings"),
     log:
         "logs/findings.log",
     shell:
         "taskprune findings --metrics {input.metrics} --efficiency {input.efficiency} "
-        "--out {output.json} --markdown {output.md} > {log} 2>&1"
+        "--out {output.json} --markdown {output.md} --html {output.html} > {log} 2>&1"
 
 
 rule figures:
@@ -55,13 +57,14 @@ rule figures:
             for n in FIGURE_NAMES
         ],
         [f"results/figures/{n}.svg" for n in FIGURE_NAMES],
-        csv=report("results/tables/summary.csv", caption="../report/summary_table.rst", category="3. Tables"),
+        csv="results/tables/summary.csv",
         md="results/tables/summary.md",
+        html=report("results/tables/summary.html", caption="../report/summary_table.rst", category="3. Tables"),
     params:
         src=source_hash("figures"),
     log:
         "logs/figures.log",
     shell:
         "taskprune figures --metrics {input.metrics} --efficiency {input.efficiency} "
-        "--findings {input.findings} --scores {input.scores} --pruned-root results/pruned "
+        "--findings {input.findings} --scores {input.scores} --manifests {input.pruned} "
         "--out-dir results/figures --tables-dir results/tables > {log} 2>&1"

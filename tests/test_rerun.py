@@ -1,0 +1,164 @@
+"""Only stale jobs rerun: Snakemake's own dry-run plan after a complete smoke run.
+
+Each case changes one thing (a config key through an extra config file, or a source file in the run's
+copy of the workflow) and reads the plan of ``snakemake -n``; the expected jobs are derived from the smoke
+grid (2 models, levels 10 and 35.71, selective / reverse / random seed 33, recovery of selective at every
+level and random at the highest) and the DAG's meaning, not from the Snakefile:
+
+* a second run has nothing to do;
+* a new pruning level schedules that level's pruning, recovery, evaluation and benchmark jobs and the
+  tables that gather every variant, nothing else;
+* a new distractor for one model schedules its data, its statistics (no other statistics job), that
+  model's scores and what depends on them;
+* a change to src/taskprune/prune.py reruns pruning and what depends on it, not the statistics (the rules
+  carry their modules' source hash in ``params:``);
+* a change to a file no rule uses (README, a comment in the Snakefile) reruns nothing.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import conftest
+import pytest
+import yaml
+from conftest import ROOT, copy_workflow, run_snakemake
+from test_paper_config import PlannedJob, dry_run_jobs
+
+pytestmark = pytest.mark.slow
+
+MODELS = ("tiny-math", "tiny-code")
+PRUNE_METHODS = {"selective": "0", "reverse": "0", "random": "33"}  # method -> its seed in the smoke grid
+LEVELS = ("10", "35.71")
+# rules that gather every variant (or every result): any change below them reruns them
+GATHER_RULES = {"bench_gather", "metrics", "findings", "figures", "report_assets"}
+
+
+@pytest.fixture(scope="session")
+def finished_run(request, tmp_path_factory) -> Path:
+    """A complete smoke run whose workflow copy includes src/ (the rules hash src/taskprune/*.py).
+
+    Reuses the shared ``smoke_run`` when conftest copies src/ into it; otherwise runs its own.
+    """
+    if "src" in conftest.WORKFLOW_FILES:
+        return request.getfixturevalue("smoke_run")
+    workdir = copy_workflow(tmp_path_factory.mktemp("rerun") / "wf")
+    shutil.copytree(ROOT / "src", workdir / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    run_snakemake(workdir)
+    return workdir
+
+
+def plan(workdir: Path, extra_config: dict | None = None, tmp_path: Path | None = None) -> list[PlannedJob]:
+    """The jobs ``snakemake -n`` would run, with ``extra_config`` merged over the smoke config."""
+    args = ["-n"]
+    if extra_config is not None:
+        extra = tmp_path / "extra.yaml"
+        extra.write_text(yaml.safe_dump(extra_config))
+        args += ["--configfile", "config/smoke.yaml", str(extra)]
+    proc = run_snakemake(workdir, *args)
+    text = proc.stdout + proc.stderr
+    jobs = [j for j in dry_run_jobs(text) if j.rule != "all"]
+    if not jobs:
+        assert "Nothing to be done" in text, text[-3000:]
+    return jobs
+
+
+@contextmanager
+def edited(path: Path, append: str) -> Iterator[None]:
+    """Append ``append`` to a file for the duration of the block, then restore it byte for byte."""
+    existed = path.exists()
+    original = path.read_bytes() if existed else b""
+    path.write_bytes(original + append.encode())
+    try:
+        yield
+    finally:
+        if existed:
+            path.write_bytes(original)
+        else:
+            path.unlink()
+
+
+def by_rule(jobs: list[PlannedJob]) -> dict[str, list[PlannedJob]]:
+    out: dict[str, list[PlannedJob]] = {}
+    for j in jobs:
+        key = "evaluate" if j.rule.startswith("evaluate_") else j.rule
+        out.setdefault(key, []).append(j)
+    return out
+
+
+def variant_of(job: PlannedJob) -> tuple[str, ...]:
+    """(model, method, level, seed[, 'recovered']) of a per-variant job, from its wildcards."""
+    w = job.wildcards
+    if "variant" in w:
+        return tuple(w["variant"].split("/"))
+    return (w["model"], w["method"], w["level"], w["seed"])
+
+
+def test_second_run_has_nothing_to_do(finished_run):
+    assert plan(finished_run) == []
+
+
+def test_new_level_schedules_only_that_level(finished_run, tmp_path):
+    jobs = by_rule(plan(finished_run, {"pruning": {"levels": [10, 35.71, 20]}}, tmp_path))
+    new = {(m, method, "20", seed) for m in MODELS for method, seed in PRUNE_METHODS.items()}
+    assert {variant_of(j) for j in jobs.pop("prune")} == new
+    # recovery: selective at every level (random only at the highest, still 35.71)
+    assert {variant_of(j) for j in jobs.pop("recover")} == {(m, "selective", "20", "0") for m in MODELS}
+    evaluated = {variant_of(j) for j in jobs.pop("evaluate")}
+    assert evaluated == new | {(m, "selective", "20", "0", "recovered") for m in MODELS}
+    # one efficiency benchmark per new architecture (each model at level 20)
+    benched = [variant_of(j) for j in jobs.pop("bench")]
+    assert sorted(v[0] for v in benched) == sorted(MODELS) and {v[2] for v in benched} == {"20"}
+    assert set(jobs) <= GATHER_RULES, f"unexpected jobs: {sorted(set(jobs) - GATHER_RULES)}"
+
+
+def test_new_distractor_reruns_its_stats_and_downstream_only(finished_run, tmp_path):
+    extra = {
+        "tasks": {"chat2": {"kind": "conversation"}},
+        "models": {"tiny-math": {"distractors": ["conversation", "qna", "chat2"]}},
+    }
+    jobs = by_rule(plan(finished_run, extra, tmp_path))
+    assert [j.wildcards["task"] for j in jobs.pop("data")] == ["chat2"]
+    # the one statistics job of the new (model, dataset); the other datasets' statistics are reused
+    assert [(j.wildcards["model"], j.wildcards["dataset"]) for j in jobs.pop("stats")] == [("tiny-math", "chat2")]
+    assert "train" not in jobs, "adding a distractor must not retrain the specialist"
+    scores = jobs.pop("scores")
+    assert {j.wildcards["model"] for j in scores} == {"tiny-math"}
+    assert "selectivity" in {j.wildcards["score"] for j in scores}
+    # selectivity-based pruning of tiny-math reruns; random pruning does not read scores
+    assert {variant_of(j) for j in jobs.pop("prune")} == {
+        ("tiny-math", method, level, "0") for method in ("selective", "reverse") for level in LEVELS
+    }
+    # every variant of tiny-math is evaluated on the new distractor; tiny-code is untouched
+    evaluated = {variant_of(j) for j in jobs.pop("evaluate")}
+    assert {v[0] for v in evaluated} == {"tiny-math"} and ("tiny-math", "base") in evaluated
+    for rule in ("recover", "bench"):
+        assert {variant_of(j)[0] for j in jobs.pop(rule, [])} <= {"tiny-math"}
+    assert set(jobs) <= GATHER_RULES, f"unexpected jobs: {sorted(set(jobs) - GATHER_RULES)}"
+
+
+def test_pruning_code_change_reruns_pruning_and_downstream_not_stats(finished_run):
+    with edited(finished_run / "src/taskprune/prune.py", "\n# a change to the pruning module\n"):
+        jobs = by_rule(plan(finished_run))
+    all_pruned = {(m, method, level, seed) for m in MODELS for method, seed in PRUNE_METHODS.items() for level in LEVELS}
+    assert {variant_of(j) for j in jobs.pop("prune")} == all_pruned
+    recovered = {variant_of(j) for j in jobs.pop("recover")}
+    assert recovered == {(m, "selective", lv, "0") for m in MODELS for lv in LEVELS} | {
+        (m, "random", "35.71", "33") for m in MODELS
+    }
+    evaluated = {variant_of(j) for j in jobs.pop("evaluate")}
+    assert evaluated == all_pruned | {(*v, "recovered") for v in recovered}  # not the base models
+    assert all(variant_of(j)[1] != "base" for j in jobs.pop("bench", []))
+    for upstream in ("data", "train", "stats", "scores", "bench_stats", "bench_generation"):
+        assert upstream not in jobs, f"{upstream} must not rerun after a change to prune.py"
+    assert set(jobs) <= GATHER_RULES, f"unexpected jobs: {sorted(set(jobs) - GATHER_RULES)}"
+    assert plan(finished_run) == [], "restoring prune.py must make the run complete again"
+
+
+@pytest.mark.parametrize("path, text", [("README.md", "\nA note.\n"), ("Snakefile", "\n# a comment\n")])
+def test_unrelated_change_reruns_nothing(finished_run, path, text):
+    with edited(finished_run / path, text):
+        assert plan(finished_run) == []

@@ -1,0 +1,196 @@
+"""Tiny specialists: tokenizer round trip, packed batches, a smoke training run that reloads with stock
+Auto classes to identical logits, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+from taskprune import data, train
+from taskprune.config import DataConfig, EvaluationConfig, ModelConfig, TaskConfig
+from taskprune.errors import DataError
+
+TEXTS = [
+    "Question: Ava has 12 apples and buys 7 more.\nAnswer: 12 + 7 = 19\n#### 19",
+    'def add(x: int) -> int:\n    """Return x plus 3."""\n    return x + 3\n',
+    "User: Hi! How are you?\nAssistant: I am fine, thank you.",
+] * 20
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train.train_tokenizer(TEXTS, vocab_size=300)
+
+
+def test_tokenizer_round_trip_and_special_tokens(tokenizer):
+    samples = [*TEXTS[:3], "unseen: Zürich ∑ 9876543210 \t tabs\n\n  spaces ", "", "    return [v * 2 for v in xs]\n"]
+    for text in samples:
+        ids = tokenizer(text)["input_ids"]
+        assert ids[0] == tokenizer.bos_token_id  # <s> is added to every encoding
+        assert tokenizer.decode(ids, skip_special_tokens=True) == text
+    assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
+    # digits are single tokens, so numbers are spelled digit by digit
+    pieces = tokenizer.convert_ids_to_tokens(tokenizer("x 2024", add_special_tokens=False)["input_ids"])
+    assert [p for p in pieces if p.strip("Ġ").isdigit()] == ["2", "0", "2", "4"]
+    assert len(tokenizer) <= 300
+
+
+def test_tokenizer_saves_and_loads_with_auto_tokenizer(tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    for text in TEXTS[:3]:
+        assert loaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert loaded.eos_token == "</s>" and loaded.pad_token == "<pad>"
+
+
+def test_packed_batches_match_examples_and_never_mix_them(tokenizer):
+    examples = train.tokenize_examples(tokenizer, ["Question: 1 + 2?\nAnswer:", "User: Hi\nAssistant:"], [" 3", " Hello!"])
+    batches = train.PackedBatches({"a": examples[:1], "b": examples[1:]}, {"a": 0.5, "b": 0.5}, 3, 40, seed=0, pad_id=0)
+    b = batches.next_batch()
+    for row in range(3):
+        ids, pos, labels, w = (b[k][row].tolist() for k in ("input_ids", "position_ids", "labels", "weights"))
+        starts = [t for t, p in enumerate(pos) if p == 0]
+        used = 0
+        for s in starts:
+            ex = next((e for e in examples if tuple(ids[s : s + len(e.ids)]) == e.ids), None)
+            if ex is None:  # padding run: no loss anywhere
+                assert all(i == 0 for i in ids[s:]) and all(x == 0 for x in w[s:]) and set(labels[s:]) == {-100}
+                break
+            n = len(ex.ids)
+            assert pos[s : s + n] == list(range(n))
+            assert labels[s : s + n - 1] == list(ex.ids[1:]) and labels[s + n - 1] == -100  # no label across examples
+            assert w[s : s + ex.n_prompt - 1] == pytest.approx([train.PROMPT_LOSS_WEIGHT] * (ex.n_prompt - 1))
+            assert w[s + ex.n_prompt - 1 : s + n - 1] == [1.0] * (n - ex.n_prompt)
+            used = s + n
+        assert used > 0
+
+
+def test_packed_forward_equals_each_example_alone(tokenizer):
+    """position_ids restarting per example make transformers use a block-diagonal mask."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=160,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                         attn_implementation="sdpa")).eval()  # fmt: skip
+    examples = train.tokenize_examples(tokenizer, ["User: Hi\nAssistant:", "Question: 4 * 5?\nAnswer:"], [" Hey", " 20"])
+    ids = [list(e.ids) for e in examples]
+    packed = torch.tensor([ids[0] + ids[1]])
+    positions = torch.tensor([list(range(len(ids[0]))) + list(range(len(ids[1])))])
+    with torch.no_grad():
+        together = model(input_ids=packed, position_ids=positions, use_cache=False).logits[0]
+        alone = [model(input_ids=torch.tensor([x]), use_cache=False).logits[0] for x in ids]
+    torch.testing.assert_close(together, torch.cat(alone), rtol=1e-4, atol=1e-5)
+
+
+def test_learning_rate_schedule():
+    cfg = ModelConfig(task="math", training={"steps": 100, "warmup_steps": 10, "learning_rate": 1e-3}).training
+    lrs = [train.learning_rate(s, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False)) and lrs[-1] == pytest.approx(1e-4, rel=0.05)
+
+
+# ------------------------------------------------------------------------------------ smoke training
+
+
+SMOKE_MODEL = {
+    "architecture": {"hidden_size": 32, "intermediate_size": 160, "num_hidden_layers": 2, "num_attention_heads": 4,
+                     "num_key_value_heads": 2, "max_position_embeddings": 256, "vocab_size": 320},
+    "training": {"steps": 6, "batch_size": 4, "seq_len": 128, "warmup_steps": 2, "learning_rate": 3e-3,
+                 "mix": {"target": 0.6, "conversation": 0.2, "qna": 0.2}},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    kinds = ["math", "code", "conversation", "qna"]
+    cfg = DataConfig(train_size={k: 60 for k in kinds}, calibration_size=4, eval_size={k: 6 for k in kinds})
+    for kind in kinds:
+        data.prepare_task(kind, TaskConfig(kind=kind), cfg, root / kind)
+    return root
+
+
+EVAL = EvaluationConfig(max_new_tokens={"math": 12, "code": 12, "conversation": 8, "qna": 8})
+
+
+@pytest.mark.parametrize("kind", ["math", "code"])
+def test_smoke_specialist_reloads_with_stock_auto_classes(kind, data_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / f"tiny-{kind}"
+    trained = train.train_specialist(
+        f"tiny-{kind}", ModelConfig(task=kind, **SMOKE_MODEL), {}, data_dir, out, EVAL, "cpu", progress=False
+    )
+    info = json.loads((out / "training.json").read_text())
+    for key in ("heldout_accuracy", "n_heldout", "train_seconds", "params", "train_cpu_seconds", "steps_per_s"):
+        assert key in info
+    assert info["n_heldout"] == 6 and 0.0 <= info["heldout_accuracy"] <= 1.0 and info["task_kind"] == kind
+    assert info["params"] == sum(p.numel() for p in trained.model.parameters())
+    loss = pl.read_parquet(out / "loss.parquet")
+    assert loss.height == 6 and {"step", "loss", "learning_rate", "tokens", "seconds"} <= set(loss.columns)
+    assert loss["loss"][-2:].mean() < loss["loss"][0]  # it learns something even in 6 steps
+    assert (out / "loss.png").stat().st_size > 0
+
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert model.config.model_type == "llama" and model.config.intermediate_size >= 5 * model.config.hidden_size
+    prompt = pl.read_parquet(data_dir / kind / "eval.parquet")["prompt"][0]
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    assert ids.tolist() == trained.tokenizer(prompt, return_tensors="pt")["input_ids"].tolist()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, trained.model(ids).logits, rtol=0, atol=0)
+
+
+def test_training_is_deterministic(data_dir, tmp_path):
+    a = train.train_specialist("a", ModelConfig(task="math", **SMOKE_MODEL), {}, data_dir, tmp_path / "a", EVAL, "cpu", False)
+    b = train.train_specialist("b", ModelConfig(task="math", **SMOKE_MODEL), {}, data_dir, tmp_path / "b", EVAL, "cpu", False)
+    for (n, p), (_, q) in zip(a.model.named_parameters(), b.model.named_parameters(), strict=True):
+        assert torch.equal(p, q), n
+
+
+# ---------------------------------------------------------------------------------------- bad input
+
+
+def test_missing_and_broken_inputs_are_one_line_errors(data_dir, tmp_path):
+    cfg = ModelConfig(task="math", **SMOKE_MODEL)
+    with pytest.raises(DataError) as err:  # no data for the target task
+        train.train_specialist("m", cfg, {}, tmp_path / "nowhere", tmp_path / "out", EVAL, "cpu", False)
+    assert "train.parquet" in str(err.value) and "\n" not in str(err.value)
+
+    broken = tmp_path / "broken"
+    for task in ("math", "conversation", "qna"):
+        (broken / task).mkdir(parents=True)
+        for split in ("train", "eval"):
+            (broken / task / f"{split}.parquet").write_bytes((data_dir / task / f"{split}.parquet").read_bytes())
+    pl.DataFrame({"id": ["x"], "prompt": ["p"]}).write_parquet(broken / "qna" / "train.parquet")
+    with pytest.raises(DataError, match=r"qna/train.parquet.*missing column\(s\) completion"):
+        train.train_specialist("m", cfg, {}, broken, tmp_path / "out", EVAL, "cpu", False)
+    pl.DataFrame(schema={c: pl.String for c in data.COMMON_COLUMNS}).write_parquet(broken / "qna" / "train.parquet")
+    with pytest.raises(DataError, match="empty"):
+        train.train_specialist("m", cfg, {}, broken, tmp_path / "out", EVAL, "cpu", False)
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_cli_options_and_errors(data_dir, tmp_path, capsys):
+    from taskprune.cli import main
+
+    opts = {"model": {"task": "math", **SMOKE_MODEL}, "evaluation": EVAL.model_dump()}
+    out = tmp_path / "cli-model"
+    argv = ["train", "--model", "tiny-math", "--data-dir", str(data_dir), "--out", str(out), "--no-progress"]
+    assert main([*argv, "--options", json.dumps(opts)]) == 0
+    assert json.loads((out / "training.json").read_text())["model"] == "tiny-math"
+    capsys.readouterr()
+    bad = {"model": {"task": "math", "architecture": {"hidden_size": 64, "intermediate_size": 128}}}
+    assert main([*argv, "--options", json.dumps(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "intermediate_size" in err[0]
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    assert exit_.value.code == 0
