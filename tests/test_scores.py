@@ -161,7 +161,9 @@ def test_cli_writes_every_method(tmp_path, capsys, stats):
         got = pl.read_parquet(out)
         assert got.schema == pl.Schema({"layer": pl.Int64, "neuron": pl.Int64, "score": pl.Float64})
         assert got.equals(compute_scores(method, target, distractors, seed=5))
-    rc, err = cli(capsys, "--method", "magnitude", "--target", t, "--output", str(tmp_path / "m.parquet"))
+    # The rule's form: --out abbreviates --output; --model-path is accepted and recorded.
+    rc, err = cli(capsys, "--method", "magnitude", "--target", t, "--model-path", "results/models/m",
+                  "--out", str(tmp_path / "m.parquet"))
     assert rc == 0, err  # target-only methods need no distractors
 
 

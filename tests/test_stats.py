@@ -165,6 +165,16 @@ def test_batch_size_and_padding_side_do_not_matter(arch_name, prompts):
     assert_stats_equal(original, reference, rtol=1e-9)
 
 
+def test_cpu_chunking_does_not_change_the_numbers(prompts, monkeypatch):
+    from taskprune.stats import StatsCollector
+
+    model = tiny_model("mistral", vocab_size=VOCAB).double()
+    whole = collect_stats(model, prompts, max_batch_size=32, progress=False)
+    monkeypatch.setattr(StatsCollector, "cpu_chunk_bytes", 3 * 22 * 80 * 8)  # 3 prompts per chunk
+    chunked = collect_stats(model, prompts, max_batch_size=32, progress=False)
+    assert_stats_equal(chunked, whole, rtol=1e-12)
+
+
 def test_merge_equals_stats_of_union(prompts):
     model = tiny_model("qwen2", vocab_size=VOCAB).double()
     a, b = prompts[:13], prompts[13:]
@@ -261,8 +271,9 @@ def test_cli_writes_stats_of_for_stats_rows(tmp_path, capsys):
     keep = [i % 4 != 0 for i in range(12)]
     data = write_dataset(tmp_path / "calibration.parquet", prompts, keep)
     out = tmp_path / "stats" / "m" / "math.parquet"
-    options = '{"stats": {"token_budget": 64, "max_length": 10}, "device": "cpu", "model": {"chat_template": true}}'
-    rc = main(["stats", "--model-path", str(model_dir), "--data", str(data), "--output", str(out),
+    # Exactly what the Snakemake rule passes (``--out`` abbreviates ``--output``).
+    options = '{"chat_template":true,"device":"cpu","stats":{"token_budget":64,"max_length":10}}'
+    rc = main(["stats", "--model-path", str(model_dir), "--data", str(data), "--out", str(out),
                "--options", options, "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     got = read_stats(out)
@@ -317,6 +328,8 @@ def test_bad_options_fail_with_one_line(tmp_path, capsys):
     base = ["stats", "--model-path", str(model_dir), "--data", str(data), "--output", str(tmp_path / "o.parquet")]
     assert "token_budget" in run_cli_error(capsys, [*base, "--options", '{"stats": {"token_budget": 0}}'])
     assert "chat_template" in run_cli_error(capsys, [*base, "--options", '{"model": {"chat_template": "yes"}}'])
+    assert "chat_template" in run_cli_error(capsys, [*base, "--options", '{"chat_template": 1}'])
+    assert "unknown section" in run_cli_error(capsys, [*base, "--options", '{"stat": {}}'])
 
 
 def test_unsupported_architecture_lists_supported_types():
@@ -390,10 +403,11 @@ def bench_fixture(tmp_path):
 def test_bench_stats_cli_throughput_rows(tmp_path):
     model_dir, data = bench_fixture(tmp_path)
     out = tmp_path / "bench.parquet"
-    rc = main(["bench-stats", "--run", "rand", str(model_dir), str(data), "--output", str(out),
+    rc = main(["bench-stats", "--model-path", str(model_dir), "--data", str(data), "--out", str(out),
                "--throughput-prompts", "12", "--rounds", "2", "--memory-approaches", "--options", '{"device": "cpu"}'])
     assert rc == 0
     table = pl.read_parquet(out)
+    assert (table["model"] == "rand").all()
     assert table["approach"].to_list() == ["plain_forward", "taskprune_stats", "paper_hooks"]
     assert (table["kind"] == "throughput").all() and (table["value"] > 0).all()
     assert table.filter(pl.col("approach") == "plain_forward")["ratio"].item() == 1.0

@@ -413,8 +413,11 @@ def synthetic_prompts(n: int, seed: int = 0) -> list[str]:
 def add_arguments(parser: Any) -> None:
     from taskprune.config import add_config_arguments
 
-    parser.add_argument("--run", nargs=3, action="append", required=True, metavar=("NAME", "MODEL_DIR", "DATA"),
+    parser.add_argument("--run", nargs=3, action="append", default=[], metavar=("NAME", "MODEL_DIR", "DATA"),
                         help="a model to benchmark: its name, checkpoint and prompt Parquet (repeatable)")
+    parser.add_argument("--model-path", help="one model to benchmark (instead of --run)")
+    parser.add_argument("--data", help="its prompt Parquet (with --model-path)")
+    parser.add_argument("--model", help="its name in the table (with --model-path; default: the directory name)")
     parser.add_argument("--output", required=True, help="results/bench/stats_collection.parquet")
     parser.add_argument("--throughput-prompts", type=int, default=1000, help="prompts per throughput pass")
     parser.add_argument("--memory-prompts", type=int, nargs="+", default=[1000, 4000],
@@ -432,16 +435,23 @@ def run(args: Any) -> int:
 
     from taskprune.config import StatsConfig, stage_options
     from taskprune.io import write_parquet
-    from taskprune.stats import _chat_template_option
+    from taskprune.stats import _chat_template_flag, _chat_template_option
 
-    opts = stage_options(args, {"stats": StatsConfig, "device": "auto", "model": None})
-    chat_template = _chat_template_option(opts.model, "--options")
+    opts = stage_options(args, {"stats": StatsConfig, "device": "auto", "chat_template": False, "model": None})
+    chat_template = _chat_template_option(opts.model, "--options") or _chat_template_flag(opts.chat_template)
+    runs = [tuple(r) for r in args.run]
+    if args.model_path or args.data:
+        if not (args.model_path and args.data):
+            raise ConfigError("--model-path and --data go together (or use --run NAME MODEL_DIR DATA)")
+        runs.append((args.model or Path(str(args.model_path).rstrip("/")).name, args.model_path, args.data))
+    if not runs:
+        raise ConfigError("nothing to benchmark: give --model-path and --data, or --run NAME MODEL_DIR DATA")
     if args.throughput_prompts < 1 or args.rounds < 1 or min(args.memory_prompts) < 1:
         raise ConfigError("--throughput-prompts, --rounds and --memory-prompts must be positive")
     if args.threads:
         torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
-    for name, model_path, data in args.run:
+    for name, model_path, data in runs:
         rows += benchmark_model(
             name, model_path, data, stats_cfg=opts.stats, device=opts.device,
             throughput_prompts=args.throughput_prompts, memory_prompts=sorted(set(args.memory_prompts)),

@@ -745,7 +745,7 @@ def make_conversation(rng: random.Random, w: dict[str, Any]) -> dict[str, str]:
          f"Yes, {city} can be lovely in winter. There are fewer tourists, but bring warm clothes."),
         (f"My friend {person.name} is sad. How can I cheer {person.obj} up?",
          f"Spend some time with {person.name}, listen carefully and maybe plan something fun together, like {hobby}."),
-        (f"How many hours of sleep do I need?",
+        ("How many hours of sleep do I need?",
          "Most adults need about seven to nine hours of sleep each night. Try to keep a regular schedule."),
         (f"What should I do this {day} afternoon?",
          f"You could try {hobby}, visit a park or cook {dish} with a friend this {day}."),

@@ -381,6 +381,16 @@ class SentenceEmbedder:
         return result
 
 
+_EMBEDDERS: dict[str, SentenceEmbedder] = {}
+
+
+def get_embedder(device: str = "cpu") -> SentenceEmbedder:
+    """One :class:`SentenceEmbedder` per device and process (loading it takes seconds)."""
+    if device not in _EMBEDDERS:
+        _EMBEDDERS[device] = SentenceEmbedder(device)
+    return _EMBEDDERS[device]
+
+
 # ------------------------------------------------------------------------------------------ intervals
 
 Z95 = 1.959963984540054
@@ -644,7 +654,7 @@ def run(args: argparse.Namespace) -> int:
         name: _read_base(reference_dir, name, tables[name]["id"].to_list()) for name in distractors
     }
     embed = evaluation.embedding_model == "auto" and bool(distractors) and embedding_model_available()
-    embedder = SentenceEmbedder("cpu") if embed and not is_base else None
+    embedder = get_embedder("cpu") if embed and not is_base else None
 
     started = time.monotonic()
     model = load_model(args.model_path, opts.device)

@@ -261,6 +261,9 @@ def generate(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         pad_id = 0
+    if any(not r for r in encoded):  # an empty prompt without special tokens: condition on BOS (or pad)
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else pad_id
+        encoded = [r or [start] for r in encoded]
     eos_ids = eos_token_ids(model, tokenizer)
     stop = _StopChecker(tokenizer, stop_strings)
     sampler = _make_sampler(temperature, seed, model.device) if do_sample else _greedy

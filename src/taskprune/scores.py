@@ -213,6 +213,9 @@ def add_arguments(parser: Any) -> None:
         help="statistics Parquet of each distractor set (selectivity and taker need at least one)",
     )
     parser.add_argument("--output", required=True, help="score table to write (results/scores/{model}/{method}.parquet)")
+    parser.add_argument(
+        "--model-path", help="accepted for compatibility and recorded; unused (the statistics hold the weight norms)"
+    )
     add_config_arguments(parser)
 
 
@@ -238,6 +241,7 @@ def run(args: Any) -> int:
         "distractors": [str(d) for d in args.distractors],
         "epsilon": cfg.epsilon,
         "random_seed": cfg.random_seed if args.method == "random" else None,
+        "model_path": args.model_path,
         "n_target": int(target["n"][0]),
         "n_distractors": [int(d["n"][0]) for d in distractors],
     }

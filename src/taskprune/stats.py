@@ -344,7 +344,11 @@ class StatsCollector:
 
     ``|A|`` lives in one scratch buffer reused by every layer and batch (squared in place), so the hook
     adds one elementwise pass and two thin matmuls per layer, and nothing is synchronised with the host.
+    On the CPU the batch is processed a few prompts at a time (about ``cpu_chunk_bytes`` of activations),
+    so that ``|A|`` is still in cache for both matmuls: this halves the hook's memory traffic.
     """
+
+    cpu_chunk_bytes = 1 << 20
 
     def __init__(self, model: Any) -> None:
         import torch
@@ -359,8 +363,7 @@ class StatsCollector:
         self.tokens = 0
         self._handles: list[Any] = []
         self._scratch = torch.empty(0, device=self.device)
-        self._mask3: Any = None  # [B, 1, T] in the activation dtype
-        self._mask_flat: Any = None  # [1, 1, B*T]
+        self._mask: Any = None  # [B, T] 0/1 in the activation dtype
         self._counts: Any = None  # [B, 1] float64
 
     def __enter__(self) -> StatsCollector:
@@ -377,9 +380,7 @@ class StatsCollector:
         """Tell the hooks which tokens of the next forward are real."""
         import torch
 
-        mask = batch.attention_mask.to(self.device, dtype=dtype, non_blocking=True)  # [B, T]
-        self._mask3 = mask.unsqueeze(1)
-        self._mask_flat = mask.view(1, 1, -1)
+        self._mask = batch.attention_mask.to(self.device, dtype=dtype, non_blocking=True)
         self._counts = torch.from_numpy(batch.lengths).to(self.device, torch.float64).unsqueeze(1)
         self.tokens += batch.n_tokens
 
@@ -391,15 +392,29 @@ class StatsCollector:
         return torch.abs(a, out=self._scratch[: a.numel()].view(a.shape))
 
     def _make_hook(self, layer: int) -> Callable[[Any, tuple[Any, ...]], None]:
+        import torch
+
         def hook(module: Any, args: tuple[Any, ...]) -> None:
             a = args[0]  # [B, T, d_ff], the input of the output projection
             batch, seq, width = a.shape
-            if self._mask3.dtype != a.dtype:  # e.g. under autocast
-                self._mask3, self._mask_flat = self._mask3.to(a.dtype), self._mask_flat.to(a.dtype)
-            abs_a = self._abs_into_scratch(a)
-            sums = _bmm_to_float(self._mask3, abs_a)  # [B, 1, d_ff] = sum_t M |a|
+            if self._mask.dtype != a.dtype:  # e.g. under autocast
+                self._mask = self._mask.to(a.dtype)
+            rows = batch
+            if a.device.type == "cpu":
+                rows = max(1, self.cpu_chunk_bytes // (seq * width * a.element_size()))
+            sums = None  # [B, 1, d_ff]: sum_t M |a|
+            sq = None  # [1, 1, d_ff]: sum_{b,t} M a^2
+            for start in range(0, batch, rows):
+                stop = min(batch, start + rows)
+                abs_a = self._abs_into_scratch(a[start:stop])  # [b, T, d_ff]
+                mask = self._mask[start:stop]  # [b, T]
+                part = _bmm_to_float(mask.unsqueeze(1), abs_a)
+                if sums is None:
+                    sums = torch.empty((batch, 1, width), dtype=part.dtype, device=a.device)
+                sums[start:stop] = part
+                part_sq = _bmm_to_float(mask.reshape(1, 1, -1), abs_a.mul_(abs_a).view(1, -1, width))
+                sq = part_sq if sq is None else sq.add_(part_sq)
             v = sums.view(batch, width).double() / self._counts  # [B, d_ff]
-            sq = _bmm_to_float(self._mask_flat, abs_a.mul_(abs_a).view(1, batch * seq, width))  # [1, 1, d_ff]
             self.moments[layer].update(v, sq.view(width).double())
 
         return hook
@@ -550,6 +565,13 @@ def _chat_template_option(model_section: Any, source: str) -> bool:
     return value
 
 
+def _chat_template_flag(value: Any) -> bool:
+    """The top-level ``chat_template`` option (what the stats rule passes), validated."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"--options: key 'chat_template' has bad value {value!r}: expected true or false")
+    return value
+
+
 def add_arguments(parser: Any) -> None:
     from taskprune.config import add_config_arguments
 
@@ -568,9 +590,11 @@ def run(args: Any) -> int:
     from taskprune.io import write_parquet
     from taskprune.modeling import load_model, load_tokenizer
 
-    opts = stage_options(args, {"stats": StatsConfig, "device": "auto", "model": None}, model=args.model)
+    sections = {"stats": StatsConfig, "device": "auto", "chat_template": False, "model": None}
+    opts = stage_options(args, sections, model=args.model)
     source = ", ".join(args.config) if getattr(args, "config", None) else "--options"
-    chat_template = _chat_template_option(opts.model, source)
+    # Either {"chat_template": true} (the rule) or the model's section {"model": {"chat_template": true, ...}}.
+    chat_template = _chat_template_option(opts.model, source) or _chat_template_flag(opts.chat_template)
     cfg: StatsConfig = opts.stats
 
     prompts = load_prompts(args.data)

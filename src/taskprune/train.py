@@ -302,7 +302,7 @@ def heldout_check(model: Any, tokenizer: Any, kind: str, eval_df: Any, evaluatio
         "heldout_hit_limit": sum(g.hit_limit for g in gens) / n,
         "heldout_mean_new_tokens": sum(g.n_tokens for g in gens) / n,
         "heldout_examples": [
-            {"prompt": p, "generation": g.text, "correct": bool(c)} for p, g, c in list(zip(prompts, gens, correct))[:3]
+            {"prompt": p, "generation": g.text, "correct": bool(c)} for p, g, c in list(zip(prompts, gens, correct, strict=True))[:3]
         ],
     }
 

@@ -1,0 +1,1025 @@
+"""Efficiency benchmarks: parameters, bytes, peak memory and tokens/s of a variant, next to the ideal.
+
+Pruning MLP neurons only pays off if the smaller checkpoint is actually cheaper to run. For one variant
+checkpoint, ``taskprune bench measure`` records its parameters (total and MLP, counted tensors), the bytes
+of its weight files, its peak memory at batch 1, and prefill and decode tokens/s at each configured batch
+size; ``taskprune bench gather`` joins the per-variant files into ``results/bench/efficiency.parquet`` and
+puts the measured speedup over the base model next to the *ideal* one from the shapes (FLOPs per token of
+the base over those of the variant, :mod:`taskprune.flops`) and their ratio
+``realised_fraction = (measured - 1) / (ideal - 1)``.
+
+How the numbers are measured:
+
+- **Every measurement runs in a fresh process** (``python -m taskprune.bench _worker SPEC OUT``): one
+  process per (batch size, phase), so compilation caches, allocator state and page cache of one
+  measurement never help another. Each does ``warmup`` untimed runs, then ``repeats`` timed repeats
+  (each long enough to be above timer noise), and reports the median and inter-quartile range.
+- **Peak memory at batch 1**: on CUDA the allocator's peak (``torch.cuda.max_memory_allocated``) over
+  loading and one generation; on CPU the peak resident set size (``ru_maxrss``) of a fresh process that
+  loads the model and generates, minus that of a fresh process that imports the same libraries and runs
+  the same warm-up without a model (median over up to 3 pairs).
+- **Prefill** tokens/s: ``batch x prompt_tokens / time`` of the forward pass over random prompts (no
+  padding) that fills the KV cache and picks the first token. **Decode** tokens/s:
+  ``batch x new_tokens / time`` of ``new_tokens`` greedy one-token steps after that prefill (untimed).
+- **The generation path** is the same for base and pruned models. ``engine: tight`` (the default for
+  Llama, Qwen2 and Mistral) runs the decoder from the model's own weights with fused q/k/v and gate/up
+  projections, residual adds fused into ``addmm``, a preallocated (static) KV cache and PyTorch's fused
+  attention, so a decode step is ~15 kernel calls per layer instead of stock transformers' ~60 (whose
+  per-call overhead swamps small models); it is checked token-for-token against ``model.generate``.
+  ``engine: hf`` runs the stock model forward with a ``StaticCache`` (``bench.static_cache``) and
+  ``torch.compile`` of the decode step (``bench.compile``); it serves every other architecture.
+  The tight engine does not compile (measured slower on CPU: the in-place KV-cache writes are
+  functionalised into copies); the ``compiled`` column records what was actually used.
+
+Timings on a shared machine are noisy: rows carry the 1-minute load average when they were taken and a
+CPU-time throughput (``tokens_per_cpu_s``, less sensitive to neighbours than wall time) next to the wall
+time one.
+
+Variants of the same shape (uniform allocation: every method, seed and the recovered model at one level)
+cost the same to run, so one measured checkpoint can label several variants (``--label-variant``); the
+``measured_variant`` column says which checkpoint was timed. :func:`bench_plan` gives that grouping.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from taskprune.errors import DataError, ModelError, TaskpruneError
+
+log = logging.getLogger(__name__)
+
+PHASES: tuple[str, ...] = ("prefill", "decode")
+MIN_REPEAT_SECONDS = 0.2  # one timed repeat loops the measured run until it lasts at least this long
+MEMORY_PAIRS_MAX = 3  # model/baseline process pairs for the CPU peak-RSS measurement
+WORKER_TIMEOUT_S = 3600  # generous: torch.compile on a loaded CPU takes minutes
+TIGHT_MODEL_TYPES = ("llama", "qwen2", "mistral")
+TIGHT_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # position-independent cos/sin tables
+
+# Columns of results/bench/efficiency.parquet fixed by the contract (the gather step adds the last four).
+CONTRACT_COLUMNS: tuple[str, ...] = (
+    "variant",
+    "model",
+    "method",
+    "level",
+    "level_pct",
+    "seed",
+    "stage",
+    "batch_size",
+    "phase",
+    "params_total",
+    "params_mlp",
+    "bytes_on_disk",
+    "peak_memory_bytes",
+    "tokens_per_s",
+    "tokens_per_s_q1",
+    "tokens_per_s_q3",
+    "ideal_speedup",
+    "measured_speedup",
+    "realised_fraction",
+    "device",
+)
+GATHERED_COLUMNS: tuple[str, ...] = (
+    "ideal_speedup",
+    "measured_speedup",
+    "realised_fraction",
+    "measured_speedup_cpu_time",
+    "realised_fraction_cpu_time",
+)
+# Settings that must be equal for a variant's row to be compared with a base row.
+SETTING_COLUMNS: tuple[str, ...] = (
+    "device",
+    "batch_size",
+    "phase",
+    "prompt_tokens",
+    "new_tokens",
+    "engine",
+    "compiled",
+    "static_cache",
+    "threads",
+)
+
+
+# ------------------------------------------------------------------------------- checkpoint facts
+
+
+def weight_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The weight files of a checkpoint directory (``*.safetensors``, else ``*.bin``)."""
+    p = Path(path)
+    files = sorted(p.glob("*.safetensors")) or sorted(p.glob("*.bin"))
+    if not files:
+        raise DataError(f"{p}: checkpoint has no weight files (*.safetensors or *.bin)")
+    return files
+
+
+def bytes_on_disk(path: str | os.PathLike[str]) -> int:
+    """Total size of a checkpoint's weight files (tokenizer, config and manifests excluded)."""
+    return sum(f.stat().st_size for f in weight_files(path))
+
+
+def checkpoint_widths(path: str | os.PathLike[str], config: Any) -> list[int]:
+    """Per-layer MLP widths read from the tensor shapes in the safetensors headers (no weights loaded).
+
+    The width of layer ``l`` is the input size of its MLP output projection (``down_proj``: columns of
+    ``[d, f]``; GPT-2's Conv1D ``c_proj``: rows of ``[f, d]``). Falls back to the config for ``*.bin``.
+    """
+    from safetensors import safe_open
+
+    from taskprune.arch import get_adapter, mlp_width, num_layers
+
+    adapter = get_adapter(config)
+    layers = num_layers(config)
+    pattern = re.compile(
+        rf"(?:^|\.){re.escape(adapter.layers_path.split('.')[-1])}\.(\d+)\.{adapter.mlp_attr}\."
+        rf"{adapter.out_proj}\.weight$"
+    )
+    widths: dict[int, int] = {}
+    files = [f for f in weight_files(path) if f.suffix == ".safetensors"]
+    if not files:
+        stored = getattr(config, "taskprune_layer_widths", None)
+        return list(stored) if stored else [mlp_width(config)] * layers
+    for file in files:
+        with safe_open(str(file), framework="pt") as fh:
+            for name in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
+                match = pattern.search(name)
+                if match:
+                    shape = fh.get_slice(name).get_shape()
+                    widths[int(match.group(1))] = int(shape[0] if adapter.kind == "conv1d" else shape[1])
+    if sorted(widths) != list(range(layers)):
+        raise ModelError(
+            f"{path}: found MLP output projections for layers {sorted(widths)} in the weight files, "
+            f"expected 0..{layers - 1}"
+        )
+    return [widths[i] for i in range(layers)]
+
+
+def checkpoint_shape(path: str | os.PathLike[str]) -> Any:
+    """The :class:`~taskprune.flops.ModelShape` of a checkpoint directory, widths from its weights."""
+    from transformers import AutoConfig
+
+    from taskprune.flops import shape_from_config
+    from taskprune.modeling import check_checkpoint_dir
+
+    if check_checkpoint_dir(path) is None:
+        raise ModelError(f"{path}: bench needs a local checkpoint directory, not a hub id")
+    config = AutoConfig.from_pretrained(str(path))
+    return shape_from_config(config, checkpoint_widths(path, config))
+
+
+# ------------------------------------------------------------------------------------ engines
+
+
+def tight_unsupported_reason(config: Any) -> str | None:
+    """Why the tight engine cannot run this model (``None`` if it can)."""
+    if config.model_type not in TIGHT_MODEL_TYPES:
+        return f"model type '{config.model_type}' (tight engine: {', '.join(TIGHT_MODEL_TYPES)})"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation '{config.hidden_act}' (tight engine: silu)"
+    rope = getattr(config, "rope_parameters", None) or {}
+    rope_type = rope.get("rope_type", "default") if isinstance(rope, dict) else "default"
+    if rope_type not in TIGHT_ROPE_TYPES:
+        return f"rope type '{rope_type}'"
+    if float(rope.get("partial_rotary_factor", 1.0) if isinstance(rope, dict) else 1.0) != 1.0:
+        return "partial rotary embeddings"
+    layer_types = getattr(config, "layer_types", None) or []
+    window = getattr(config, "sliding_window", None)
+    if window and (config.model_type == "mistral" or "sliding_attention" in layer_types):
+        return f"sliding-window attention (window {window})"
+    return None
+
+
+@dataclass
+class _TightLayer:
+    norm_in: Any  # [d] RMSNorm weight before attention
+    qkv: Any  # [(H + 2K) h, d]: q, k, v projections stacked
+    qkv_bias: Any  # [(H + 2K) h] or None
+    o: Any  # [d, H h]
+    o_bias: Any  # [d] or None
+    norm_post: Any  # [d] RMSNorm weight before the MLP
+    gate_up: Any  # [2 f, d]: gate then up projection
+    gate_up_bias: Any  # [2 f] or None
+    down: Any  # [d, f]
+    down_bias: Any  # [d] or None
+
+    @property
+    def width(self) -> int:
+        return int(self.down.shape[1])
+
+
+class TightEngine:
+    """Greedy decoding of a Llama-family decoder straight from its weights, with a static KV cache.
+
+    Computes exactly the model's function (RMSNorm, rotary q/k, causal grouped-query attention, SwiGLU
+    MLP, LM head on the last position) with few large kernels per layer:
+    ``rms_norm, linear(qkv), rotary (mul + addcmul), 2 cache writes, sdpa, addmm(o + residual), rms_norm,
+    linear(gate_up), silu, mul, addmm(down + residual)``. The model's modules are consumed (their weights
+    are moved into the engine layer by layer), so memory is not doubled.
+    """
+
+    name = "tight"
+
+    def __init__(self, model: Any, batch_size: int, max_len: int) -> None:
+        import torch
+
+        reason = tight_unsupported_reason(model.config)
+        if reason:
+            raise ModelError(f"tight engine does not support {reason}; use --engine hf")
+        config = model.config
+        core = model.model
+        self.hidden = int(config.hidden_size)
+        self.heads = int(config.num_attention_heads)
+        self.kv_heads = int(getattr(config, "num_key_value_heads", None) or self.heads)
+        self.head_dim = int(getattr(config, "head_dim", None) or self.hidden // self.heads)
+        self.eps = float(config.rms_norm_eps)
+        self.batch_size, self.max_len = batch_size, max_len
+        weight = core.embed_tokens.weight
+        device, dtype = weight.device, weight.dtype
+
+        # cos/sin tables for positions 0..max_len-1 from the model's own rotary module (rope scaling
+        # included): [max_len, h]. rotate_half(x) = cat(-x2, x1) = x[..., rotate] * sign.
+        with torch.no_grad():
+            positions = torch.arange(max_len, device=device)[None]
+            cos, sin = core.rotary_emb(weight[:1], position_ids=positions)
+        if cos.shape[-1] != self.head_dim:
+            raise ModelError("tight engine: rotary table width differs from the head size")
+        half = self.head_dim // 2
+        sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(device=device, dtype=cos.dtype)
+        self.cos = cos[0].contiguous()  # [max_len, h]
+        self.sin_signed = (sin[0] * sign).contiguous()  # [max_len, h]
+        self.rotate = torch.cat([torch.arange(half, 2 * half), torch.arange(half)]).to(device)
+
+        self.layers: list[_TightLayer] = []
+        with torch.no_grad():
+            for layer in core.layers:
+                attn, mlp = layer.self_attn, layer.mlp
+                projs = (attn.q_proj, attn.k_proj, attn.v_proj)
+                biases = [p.bias for p in projs]
+                self.layers.append(
+                    _TightLayer(
+                        norm_in=layer.input_layernorm.weight.detach(),
+                        qkv=torch.cat([p.weight for p in projs]).detach(),
+                        qkv_bias=None if biases[0] is None else torch.cat(biases).detach(),
+                        o=attn.o_proj.weight.detach(),
+                        o_bias=None if attn.o_proj.bias is None else attn.o_proj.bias.detach(),
+                        norm_post=layer.post_attention_layernorm.weight.detach(),
+                        gate_up=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(),
+                        gate_up_bias=None
+                        if mlp.gate_proj.bias is None
+                        else torch.cat([mlp.gate_proj.bias, mlp.up_proj.bias]).detach(),
+                        down=mlp.down_proj.weight.detach(),
+                        down_bias=None if mlp.down_proj.bias is None else mlp.down_proj.bias.detach(),
+                    )
+                )
+                del layer.self_attn, layer.mlp  # free the originals of the concatenated weights now
+        self.embed = weight.detach()
+        self.norm = core.norm.weight.detach()
+        self.head = model.lm_head.weight.detach()  # the same storage as `embed` when tied
+
+        # Static KV cache, [B, K, max_len, h] per layer.
+        shape = (batch_size, self.kv_heads, max_len, self.head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers]
+
+    def reset(self) -> None:
+        """Nothing to do: a prefill from position 0 overwrites every cache entry later steps read."""
+
+    def forward(self, tokens: Any, start: int) -> Any:
+        """Feed ``tokens`` ``[B, S]`` at positions ``start..start+S-1``; return the next tokens ``[B]``.
+
+        ``S > 1`` is a prefill from position 0 (causal attention within the prompt); ``S == 1`` a decode
+        step attending to every cached position ``0..start``.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        batch, seq = tokens.shape
+        if seq > 1 and start != 0:
+            raise ValueError("a multi-token forward must start at position 0")
+        end = start + seq
+        d, n_q, n_kv, hd = self.hidden, self.heads, self.kv_heads, self.head_dim
+        n_qk = (n_q + n_kv) * hd
+        cos = self.cos[start:end].unsqueeze(1)  # [S, 1, h], broadcast over batch and heads
+        sin = self.sin_signed[start:end].unsqueeze(1)
+        x = F.embedding(tokens.reshape(-1), self.embed)  # [B*S, d]
+        for i, w in enumerate(self.layers):
+            h = F.rms_norm(x, (d,), w.norm_in, self.eps)
+            qkv = F.linear(h, w.qkv, w.qkv_bias)  # [B*S, (H + 2K) h]
+            qk = qkv[:, :n_qk].view(batch, seq, n_q + n_kv, hd)
+            qk = torch.addcmul(qk * cos, qk[..., self.rotate], sin)  # q cos + rotate_half(q) sin
+            self.keys[i][:, :, start:end] = qk[:, :, n_q:].transpose(1, 2)  # [B, K, S, h]
+            self.values[i][:, :, start:end] = qkv[:, n_qk:].view(batch, seq, n_kv, hd).transpose(1, 2)
+            attn = F.scaled_dot_product_attention(
+                qk[:, :, :n_q].transpose(1, 2),  # [B, H, S, h]
+                self.keys[i][:, :, :end],
+                self.values[i][:, :, :end],
+                is_causal=seq > 1,
+                enable_gqa=n_q != n_kv,
+            )  # [B, H, S, h]
+            attn = attn.transpose(1, 2).reshape(batch * seq, n_q * hd)
+            x = torch.addmm(x if w.o_bias is None else x + w.o_bias, attn, w.o.t())  # x + attn o^T
+            h = F.rms_norm(x, (d,), w.norm_post, self.eps)
+            gate_up = F.linear(h, w.gate_up, w.gate_up_bias)  # [B*S, 2 f]
+            act = F.silu(gate_up[:, : w.width]) * gate_up[:, w.width :]  # [B*S, f]
+            x = torch.addmm(x if w.down_bias is None else x + w.down_bias, act, w.down.t())
+        last = x.view(batch, seq, d)[:, -1]  # [B, d]: logits only where the next token is chosen
+        logits = F.linear(F.rms_norm(last, (d,), self.norm, self.eps), self.head)  # [B, V]
+        return logits.argmax(-1)
+
+    def prefill(self, tokens: Any) -> Any:
+        return self.forward(tokens, 0)
+
+    def decode(self, first: Any, prompt_len: int, steps: int) -> Any:
+        """``steps`` greedy decode steps starting from token ``first`` ``[B]``; returns ``[B, steps]``."""
+        import torch
+
+        out = []
+        token = first
+        for s in range(steps):
+            token = self.forward(token[:, None], prompt_len + s)
+            out.append(token)
+        return torch.stack(out, 1)
+
+
+class HFEngine:
+    """Greedy decoding through the stock transformers forward (any supported architecture).
+
+    A ``StaticCache`` (else a ``DynamicCache``) sized for the whole generation; with ``compile`` the decode
+    step is ``torch.compile``d (prefill stays eager, as transformers recommends for static caches).
+    """
+
+    name = "hf"
+
+    def __init__(self, model: Any, batch_size: int, max_len: int, static_cache: bool, compile: bool) -> None:
+        import torch
+        from transformers import DynamicCache, StaticCache
+
+        self.model = model
+        self.cache = (
+            StaticCache(config=model.config, max_cache_len=max_len)
+            if static_cache
+            else DynamicCache(config=model.config)
+        )
+        self.step = torch.compile(model.forward, dynamic=False) if compile else model.forward
+
+    def reset(self) -> None:
+        self.cache.reset()
+
+    def prefill(self, tokens: Any) -> Any:
+        out = self.model(tokens, cache=self.cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1].argmax(-1)
+
+    def decode(self, first: Any, prompt_len: int, steps: int) -> Any:
+        import torch
+
+        out = []
+        token = first
+        for _ in range(steps):
+            logits = self.step(token[:, None], cache=self.cache, use_cache=True, logits_to_keep=1).logits
+            token = logits[:, -1].argmax(-1)
+            out.append(token)
+        return torch.stack(out, 1)
+
+
+def resolve_engine(requested: str, config: Any) -> str:
+    """``auto`` -> ``tight`` where supported, else ``hf``."""
+    if requested == "auto":
+        return "hf" if tight_unsupported_reason(config) else "tight"
+    if requested == "tight":
+        reason = tight_unsupported_reason(config)
+        if reason:
+            raise ModelError(f"--engine tight does not support {reason}; use --engine hf or auto")
+    return requested
+
+
+def make_engine(
+    model: Any, engine: str, batch_size: int, max_len: int, static_cache: bool, compile: bool
+) -> Any:
+    if engine == "tight":
+        return TightEngine(model, batch_size, max_len)
+    return HFEngine(model, batch_size, max_len, static_cache=static_cache, compile=compile)
+
+
+def generate_tokens(engine: Any, tokens: Any, new_tokens: int) -> Any:
+    """Greedy continuation ``[B, new_tokens]`` of prompts ``tokens`` ``[B, T]`` (the benchmarked path)."""
+    import torch
+
+    engine.reset()
+    first = engine.prefill(tokens)
+    if new_tokens == 1:
+        return first[:, None]
+    rest = engine.decode(first, tokens.shape[1], new_tokens - 1)
+    return torch.cat([first[:, None], rest], 1)
+
+
+# ------------------------------------------------------------------------------------- worker
+
+
+def _synchronize(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device_name(device: Any) -> str:
+    import platform
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def _prompt_tokens(vocab_size: int, batch_size: int, prompt_tokens: int, device: Any) -> Any:
+    """Fixed random prompts ``[B, T]`` (seed 0): every variant sees the same input ids."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, vocab_size, (batch_size, prompt_tokens), generator=gen).to(device)
+
+
+def _load(spec: dict[str, Any]) -> tuple[Any, Any]:
+    from taskprune.modeling import load_model
+
+    model = load_model(spec["checkpoint"], spec["device"])
+    return model, model.device
+
+
+def _worker_memory(spec: dict[str, Any]) -> dict[str, Any]:
+    """Peak memory of loading the model and generating at batch 1 (or of the same process without it)."""
+    import resource
+
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from taskprune.arch import layer_widths, mlp_modules
+    from taskprune.modeling import resolve_device
+
+    device, _ = resolve_device(spec["device"])
+    config = AutoConfig.from_pretrained(spec["checkpoint"])
+    # Import the architecture's modeling code and touch the same kernels in both processes, so the
+    # baseline holds every library page the model process holds except the model's own memory.
+    AutoModelForCausalLM._model_mapping[type(config)]  # noqa: B018 - imports the modeling module
+    probe = torch.ones(2, 4, 8, 8, device=device)
+    F.scaled_dot_product_attention(probe, probe, probe, is_causal=True)
+    F.rms_norm(probe, (8,))
+    result: dict[str, Any] = {"threads": torch.get_num_threads(), "device": device.type}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    if spec["kind"] == "memory":
+        model, _ = _load(spec)
+        result["params_counted"] = sum(p.numel() for p in model.parameters())
+        result["params_mlp_counted"] = sum(p.numel() for m in mlp_modules(model) for p in m.parameters())
+        result["widths"] = layer_widths(model)
+        engine_name = resolve_engine(spec["engine"], model.config)
+        engine = make_engine(
+            model,
+            engine_name,
+            1,
+            spec["prompt_tokens"] + spec["new_tokens"],
+            spec["static_cache"],
+            compile=False,
+        )
+        del model
+        tokens = _prompt_tokens(config.vocab_size, 1, spec["prompt_tokens"], device)
+        with torch.inference_mode():
+            generate_tokens(engine, tokens, spec["new_tokens"])
+        _synchronize(device)
+        result["engine"] = engine_name
+    if device.type == "cuda":
+        result["peak_bytes"] = int(torch.cuda.max_memory_allocated(device))
+    else:
+        result["peak_bytes"] = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB
+    return result
+
+
+def _worker_throughput(spec: dict[str, Any]) -> dict[str, Any]:
+    """Tokens/s of one phase at one batch size: warm-up, then ``repeats`` timed repeats."""
+    import numpy as np
+    import torch
+
+    load_avg = os.getloadavg()[0]
+    model, device = _load(spec)
+    batch, prompt_len, new_tokens = spec["batch_size"], spec["prompt_tokens"], spec["new_tokens"]
+    vocab = model.config.vocab_size
+    engine_name = resolve_engine(spec["engine"], model.config)
+    compiled = bool(spec["compile"]) and engine_name == "hf"
+    engine = make_engine(model, engine_name, batch, prompt_len + new_tokens, spec["static_cache"], compiled)
+    tokens = _prompt_tokens(vocab, batch, prompt_len, device)
+    phase = spec["phase"]
+
+    def run_once() -> tuple[float, float]:
+        """(wall seconds, process CPU seconds) of the timed part of one generation."""
+        engine.reset()
+        if phase == "prefill":
+            _synchronize(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            engine.prefill(tokens)
+        else:
+            first = engine.prefill(tokens)
+            _synchronize(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            engine.decode(first, prompt_len, new_tokens)
+        _synchronize(device)
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    tokens_per_run = batch * (prompt_len if phase == "prefill" else new_tokens)
+    with torch.inference_mode():
+        warmup = max(spec["warmup"], 1 if compiled else 0)  # never time the compilation
+        t_start = time.perf_counter()
+        for _ in range(warmup):
+            run_once()
+        warmup_s = time.perf_counter() - t_start
+        probe_wall, _ = run_once()
+        inner = max(1, math.ceil(MIN_REPEAT_SECONDS / max(probe_wall, 1e-9)))
+        wall_tps, cpu_tps = [], []
+        for _ in range(spec["repeats"]):
+            wall = cpu = 0.0
+            for _ in range(inner):
+                w, c = run_once()
+                wall, cpu = wall + w, cpu + c
+            wall_tps.append(inner * tokens_per_run / wall)
+            cpu_tps.append(inner * tokens_per_run / cpu if cpu > 0 else float("nan"))
+    q1, median, q3 = (float(x) for x in np.percentile(wall_tps, [25, 50, 75]))
+    return {
+        "tokens_per_s": median,
+        "tokens_per_s_q1": q1,
+        "tokens_per_s_q3": q3,
+        "tokens_per_s_repeats": wall_tps,
+        "tokens_per_cpu_s": float(np.median(cpu_tps)) if device.type == "cpu" else None,
+        "runs_per_repeat": inner,
+        "warmup_seconds": warmup_s,
+        "engine": engine_name,
+        "compiled": compiled,
+        "threads": torch.get_num_threads(),
+        "load_avg_1m": load_avg,
+        "device": device.type,
+        "device_name": _device_name(device),
+        "torch_version": torch.__version__,
+    }
+
+
+def _worker_main(argv: Sequence[str]) -> int:
+    """``python -m taskprune.bench _worker SPEC.json OUT.json``: one measurement in this fresh process."""
+    if len(argv) != 3 or argv[0] != "_worker":
+        print("usage: python -m taskprune.bench _worker SPEC.json OUT.json", file=sys.stderr)
+        return 2
+    spec = json.loads(Path(argv[1]).read_text())
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    if spec["kind"] in ("memory", "baseline"):
+        result = _worker_memory(spec)
+    elif spec["kind"] == "throughput":
+        result = _worker_throughput(spec)
+    else:
+        raise ValueError(f"unknown worker kind {spec['kind']!r}")
+    Path(argv[2]).write_text(json.dumps(result))
+    return 0
+
+
+# ------------------------------------------------------------------------------------- parent
+
+
+def _run_worker(spec: dict[str, Any], workdir: Path, label: str) -> dict[str, Any]:
+    """Run one measurement in a fresh interpreter and return its JSON result."""
+    spec_path = workdir / f"{label}.spec.json"
+    out_path = workdir / f"{label}.out.json"
+    spec_path.write_text(json.dumps(spec))
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    if spec.get("threads"):
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(spec["threads"])
+    cmd = [sys.executable, "-m", "taskprune.bench", "_worker", str(spec_path), str(out_path)]
+    log.debug("bench worker %s: %s", label, " ".join(cmd))
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise ModelError(
+            f"bench worker '{label}' for {spec['checkpoint']} ran over {WORKER_TIMEOUT_S} s"
+        ) from None
+    if proc.returncode != 0 or not out_path.is_file():
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise ModelError(
+            f"bench worker '{label}' for {spec['checkpoint']} failed (exit {proc.returncode}): "
+            f"{lines[-1] if lines else 'no error output'}"
+        )
+    return json.loads(out_path.read_text())
+
+
+def _variant_fields(variant: str) -> dict[str, Any]:
+    from taskprune.grid import parse_variant
+
+    try:
+        v = parse_variant(variant)
+    except ValueError:
+        raise DataError(
+            f"--variant '{variant}': expected {{model}}/base or {{model}}/{{method}}/{{level}}/{{seed}}[/recovered]"
+        ) from None
+    return {
+        "variant": v.path,
+        "model": v.model,
+        "method": v.method,
+        "level": v.level,
+        "level_pct": float(v.level),
+        "seed": int(v.seed),
+        "stage": v.stage,
+    }
+
+
+def measure_variant(
+    checkpoint: str | os.PathLike[str],
+    variant: str,
+    bench: Any,
+    *,
+    device: str = "auto",
+    engine: str = "auto",
+    label_variants: Sequence[str] = (),
+    label_checkpoints: Sequence[str] = (),
+) -> Any:
+    """Measure one checkpoint and return its rows (one per variant label, batch size and phase).
+
+    ``bench`` is a :class:`taskprune.config.BenchConfig`. ``label_variants`` are further variants whose
+    rows reuse these measurements (same shapes); with ``label_checkpoints`` (same length) their shapes are
+    checked against the measured checkpoint and their own bytes on disk are recorded.
+    """
+    import polars as pl
+
+    from taskprune.flops import decode_flops_per_token, param_counts, prefill_flops_per_token
+
+    if label_checkpoints and len(label_checkpoints) != len(label_variants):
+        raise DataError(
+            f"--label-checkpoint given {len(label_checkpoints)} times for {len(label_variants)} --label-variant(s); "
+            "give one checkpoint per labelled variant or none"
+        )
+    measured = _variant_fields(variant)
+    labels = [measured] + [_variant_fields(v) for v in label_variants]
+    shape = checkpoint_shape(checkpoint)
+    counts = param_counts(shape)
+    disk = {measured["variant"]: bytes_on_disk(checkpoint)}
+    for fields, path in zip(labels[1:], label_checkpoints, strict=False):
+        other = checkpoint_shape(path)
+        if other != shape:
+            raise ModelError(
+                f"{path}: --label-checkpoint has different shapes from the measured {checkpoint} "
+                f"(MLP widths {list(other.mlp_widths)} vs {list(shape.mlp_widths)}); benchmark it separately"
+            )
+        disk[fields["variant"]] = bytes_on_disk(path)
+
+    common = {
+        "checkpoint": str(checkpoint),
+        "device": device,
+        "engine": engine,
+        "threads": bench.threads,
+        "prompt_tokens": bench.prompt_tokens,
+        "new_tokens": bench.new_tokens,
+        "static_cache": bench.static_cache,
+        "compile": bench.compile,
+        "warmup": bench.warmup,
+        "repeats": bench.repeats,
+    }
+    with tempfile.TemporaryDirectory(prefix="taskprune-bench-") as tmp:
+        workdir = Path(tmp)
+        # Peak memory at batch 1 (CUDA: allocator peak; CPU: RSS net of a model-less twin process).
+        pairs = min(bench.repeats, MEMORY_PAIRS_MAX)
+        nets, model_info = [], {}
+        for i in range(pairs):
+            model_info = _run_worker({**common, "kind": "memory"}, workdir, f"memory{i}")
+            if model_info.get("params_counted") != counts.total or model_info.get("widths") != list(
+                shape.mlp_widths
+            ):
+                raise ModelError(
+                    f"{checkpoint}: closed-form shapes disagree with the loaded model "
+                    f"(params {counts.total} vs {model_info.get('params_counted')}, widths "
+                    f"{list(shape.mlp_widths)} vs {model_info.get('widths')})"
+                )
+            baseline = 0  # CUDA: the allocator's peak needs no baseline
+            if model_info["device"] == "cpu":
+                baseline = _run_worker({**common, "kind": "baseline"}, workdir, f"baseline{i}")["peak_bytes"]
+            nets.append(model_info["peak_bytes"] - baseline)
+            log.info("%s: peak memory (batch 1) %.2f MiB net of baseline", variant, nets[-1] / 2**20)
+        peak = int(sorted(nets)[len(nets) // 2])
+
+        rows = []
+        for batch in bench.batch_sizes:
+            for phase in PHASES:
+                spec = {**common, "kind": "throughput", "batch_size": batch, "phase": phase}
+                res = _run_worker(spec, workdir, f"{phase}-b{batch}")
+                log.info(
+                    "%s: %s batch %d: %.0f tokens/s (IQR %.0f-%.0f, %s engine, load %.1f)",
+                    variant,
+                    phase,
+                    batch,
+                    res["tokens_per_s"],
+                    res["tokens_per_s_q1"],
+                    res["tokens_per_s_q3"],
+                    res["engine"],
+                    res["load_avg_1m"],
+                )
+                flops = (
+                    prefill_flops_per_token(shape, bench.prompt_tokens, logits_positions=1)
+                    if phase == "prefill"
+                    else decode_flops_per_token(shape, bench.prompt_tokens, bench.new_tokens)
+                )
+                rows.append(
+                    {
+                        "batch_size": batch,
+                        "phase": phase,
+                        "params_total": counts.total,
+                        "params_mlp": counts.mlp,
+                        "peak_memory_bytes": peak,
+                        "tokens_per_s": res["tokens_per_s"],
+                        "tokens_per_s_q1": res["tokens_per_s_q1"],
+                        "tokens_per_s_q3": res["tokens_per_s_q3"],
+                        "tokens_per_cpu_s": res["tokens_per_cpu_s"],
+                        "tokens_per_s_repeats": res["tokens_per_s_repeats"],
+                        "flops_per_token": float(flops),
+                        "mlp_widths": list(shape.mlp_widths),
+                        "device": res["device"],
+                        "device_name": res["device_name"],
+                        "engine": res["engine"],
+                        "compiled": res["compiled"],
+                        "static_cache": bool(bench.static_cache) or res["engine"] == "tight",
+                        "threads": int(res["threads"]),
+                        "prompt_tokens": bench.prompt_tokens,
+                        "new_tokens": bench.new_tokens,
+                        "warmup": bench.warmup,
+                        "repeats": bench.repeats,
+                        "runs_per_repeat": res["runs_per_repeat"],
+                        "load_avg_1m": res["load_avg_1m"],
+                        "torch_version": res["torch_version"],
+                        "measured_variant": measured["variant"],
+                    }
+                )
+    out = []
+    for fields in labels:
+        for row in rows:
+            out.append(
+                {**fields, **row, "bytes_on_disk": disk.get(fields["variant"], disk[measured["variant"]])}
+            )
+    return pl.DataFrame(out, schema_overrides=_schema()).select(_per_variant_order())
+
+
+def _schema() -> dict[str, Any]:
+    import polars as pl
+
+    return {
+        "variant": pl.String,
+        "model": pl.String,
+        "method": pl.String,
+        "level": pl.String,
+        "level_pct": pl.Float64,
+        "seed": pl.Int64,
+        "stage": pl.String,
+        "batch_size": pl.Int64,
+        "phase": pl.String,
+        "params_total": pl.Int64,
+        "params_mlp": pl.Int64,
+        "bytes_on_disk": pl.Int64,
+        "peak_memory_bytes": pl.Int64,
+        "tokens_per_s": pl.Float64,
+        "tokens_per_s_q1": pl.Float64,
+        "tokens_per_s_q3": pl.Float64,
+        "tokens_per_cpu_s": pl.Float64,
+        "tokens_per_s_repeats": pl.List(pl.Float64),
+        "flops_per_token": pl.Float64,
+        "mlp_widths": pl.List(pl.Int64),
+        "device": pl.String,
+        "device_name": pl.String,
+        "engine": pl.String,
+        "compiled": pl.Boolean,
+        "static_cache": pl.Boolean,
+        "threads": pl.Int64,
+        "prompt_tokens": pl.Int64,
+        "new_tokens": pl.Int64,
+        "warmup": pl.Int64,
+        "repeats": pl.Int64,
+        "runs_per_repeat": pl.Int64,
+        "load_avg_1m": pl.Float64,
+        "torch_version": pl.String,
+        "measured_variant": pl.String,
+    }
+
+
+def _per_variant_order() -> list[str]:
+    return list(_schema())
+
+
+# ------------------------------------------------------------------------------------- gather
+
+
+def gather(paths: Sequence[str | os.PathLike[str]]) -> Any:
+    """Join per-variant benchmark files and add speedups against each model's base rows.
+
+    ``ideal_speedup = flops_per_token(base) / flops_per_token(variant)``, ``measured_speedup =
+    tokens_per_s(variant) / tokens_per_s(base)`` at the same device, batch size, phase and settings, and
+    ``realised_fraction = (measured - 1) / (ideal - 1)`` (null where the ideal is 1, e.g. the base itself).
+    The ``*_cpu_time`` twins use CPU-time throughput instead (CPU only).
+    """
+    import polars as pl
+
+    from taskprune.io import read_parquet
+
+    if not paths:
+        raise DataError("bench gather: no per-variant benchmark files given")
+    frames = [
+        read_parquet(p, required=_per_variant_order(), what="per-variant benchmark file") for p in paths
+    ]
+    df = pl.concat([f.select(_per_variant_order()) for f in frames], how="vertical_relaxed")
+    dup = df.group_by(["variant", "batch_size", "phase", "device"]).len().filter(pl.col("len") > 1)
+    if dup.height:
+        first = dup.row(0, named=True)
+        raise DataError(
+            f"bench gather: variant '{first['variant']}' has {first['len']} rows for batch {first['batch_size']} "
+            f"{first['phase']} on {first['device']} (given twice?)"
+        )
+    keys = ["model", *SETTING_COLUMNS]
+    base = df.filter(pl.col("stage") == "base").select(
+        *keys,
+        pl.col("tokens_per_s").alias("_base_tps"),
+        pl.col("tokens_per_cpu_s").alias("_base_cpu_tps"),
+        pl.col("flops_per_token").alias("_base_flops"),
+    )
+    joined = df.join(base, on=keys, how="left", nulls_equal=True)
+    missing = joined.filter(pl.col("_base_tps").is_null())
+    if missing.height:
+        row = missing.row(0, named=True)
+        settings = ", ".join(f"{k}={row[k]}" for k in SETTING_COLUMNS)
+        raise DataError(
+            f"bench gather: no base row for model '{row['model']}' with the settings of '{row['variant']}' "
+            f"({settings}); benchmark {row['model']}/base with the same settings"
+        )
+
+    def realised(measured: pl.Expr, ideal: pl.Expr) -> pl.Expr:
+        return pl.when((ideal - 1).abs() > 1e-12).then((measured - 1) / (ideal - 1)).otherwise(None)
+
+    ideal = pl.col("_base_flops") / pl.col("flops_per_token")
+    measured = pl.col("tokens_per_s") / pl.col("_base_tps")
+    measured_cpu = pl.col("tokens_per_cpu_s") / pl.col("_base_cpu_tps")
+    out = joined.with_columns(
+        ideal.alias("ideal_speedup"),
+        measured.alias("measured_speedup"),
+        measured_cpu.alias("measured_speedup_cpu_time"),
+    ).with_columns(
+        realised(pl.col("measured_speedup"), pl.col("ideal_speedup")).alias("realised_fraction"),
+        realised(pl.col("measured_speedup_cpu_time"), pl.col("ideal_speedup")).alias(
+            "realised_fraction_cpu_time"
+        ),
+    )
+    order = [c for c in CONTRACT_COLUMNS if c in out.columns]
+    rest = [c for c in out.columns if c not in order and not c.startswith("_")]
+    return out.select(order + rest).sort(
+        ["model", "stage", "method", "level_pct", "seed", "batch_size", "phase"]
+    )
+
+
+# ------------------------------------------------------------------------------------- planning
+
+
+def bench_plan(cfg: Any) -> dict[str, list[str]]:
+    """Which checkpoint to measure for which variants: ``{measured variant: [variants it labels]}``.
+
+    The base model is measured on its own. With uniform allocation every variant at one level (all
+    methods, seeds, and the recovered models) has the same per-layer widths, so the first pruned variant
+    at each level is measured and labels the others; with global allocation widths differ per variant,
+    so each pruned variant is measured and labels only its recovered twin (same shapes).
+    """
+    from taskprune.grid import all_variants
+
+    plan: dict[str, list[str]] = {}
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for v in all_variants(cfg):
+        if v.stage == "base":
+            plan[v.path] = [v.path]
+            continue
+        key = (
+            (v.model, v.level)
+            if cfg.pruning.allocation == "uniform"
+            else (v.model, v.method, v.level, v.seed)
+        )
+        groups.setdefault(key, []).append(v)
+    for members in groups.values():
+        pruned = [v for v in members if v.stage == "pruned"]
+        rep = (pruned or members)[0]
+        plan[rep.path] = [v.path for v in members]
+    return plan
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def add_arguments(parser: Any) -> None:
+    import argparse
+
+    from taskprune.config import add_config_arguments
+
+    sub = parser.add_subparsers(dest="action", required=True, metavar="{measure,gather}")
+    measure = sub.add_parser(
+        "measure",
+        help="benchmark one variant checkpoint into a per-variant Parquet",
+        description="Benchmark one variant checkpoint (each measurement in a fresh process) into a per-variant "
+        "Parquet of rows: one per (variant, batch size, phase).",
+    )
+    measure.add_argument("--checkpoint", required=True, help="the checkpoint directory to measure")
+    measure.add_argument(
+        "--variant", required=True, help="its variant path, e.g. tiny-math/selective/35.71/0"
+    )
+    measure.add_argument("--output", required=True, help="per-variant Parquet to write")
+    measure.add_argument(
+        "--label-variant",
+        action="append",
+        default=[],
+        metavar="VARIANT",
+        help="also emit rows for this variant from the same measurement (it must have the same shapes; "
+        "repeatable). The measured_variant column names the timed checkpoint.",
+    )
+    measure.add_argument(
+        "--label-checkpoint",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="checkpoint of each --label-variant, in order (optional): shapes are verified and its own "
+        "bytes on disk recorded",
+    )
+    measure.add_argument(
+        "--engine",
+        choices=["auto", "tight", "hf"],
+        default="auto",
+        help="generation path: tight (own decode loop, Llama/Qwen2/Mistral), hf (stock forward + static "
+        "cache + torch.compile), auto (tight where supported; default)",
+    )
+    add_config_arguments(measure)
+    gather_p = sub.add_parser(
+        "gather",
+        help="join per-variant files into efficiency.parquet with speedups against the base",
+        description="Join per-variant benchmark files into one table with ideal and measured speedups "
+        "against each model's base rows.",
+    )
+    gather_p.add_argument("inputs", nargs="+", help="per-variant Parquet files from 'bench measure'")
+    gather_p.add_argument("--output", required=True, help="e.g. results/bench/efficiency.parquet")
+    for p in (measure, gather_p):  # accept the global flags after the action too
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        p.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+        )
+
+
+def run(args: Any) -> int:
+    from taskprune.config import BenchConfig, stage_options
+    from taskprune.io import write_parquet
+
+    if args.action == "gather":
+        table = gather(args.inputs)
+        write_parquet(table, args.output, metadata={"inputs": [str(p) for p in args.inputs]})
+        log.info("wrote %d rows to %s", table.height, args.output)
+        return 0
+    options = stage_options(args, {"bench": BenchConfig, "device": "auto"})
+    bench = options.bench
+    if not bench.batch_sizes or any(b < 1 for b in bench.batch_sizes):
+        raise TaskpruneError(f"bench.batch_sizes must be positive integers, got {bench.batch_sizes}")
+    rows = measure_variant(
+        args.checkpoint,
+        args.variant,
+        bench,
+        device=options.device,
+        engine=args.engine,
+        label_variants=args.label_variant,
+        label_checkpoints=args.label_checkpoint,
+    )
+    write_parquet(
+        rows,
+        args.output,
+        metadata={
+            "checkpoint": args.checkpoint,
+            "variant": args.variant,
+            "bench": bench.model_dump(),
+            "device": options.device,
+            "engine": args.engine,
+        },
+    )
+    log.info("wrote %d rows to %s", rows.height, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1:]))

@@ -1,0 +1,192 @@
+"""Benchmark batched generation against a batch-1 loop: is evaluating hundreds of variants affordable?
+
+Generates the same prompts (the first ``--n-prompts`` of a task's eval split) greedily with
+
+- ``taskprune``: our loop (:func:`taskprune.generate.generate`) at each batch size, and
+- ``hf_generate``: stock ``model.generate(do_sample=False)`` over the prompts in chunks of the batch size
+  (left padded), the usual baseline,
+
+and writes one row per (implementation, batch size) to ``results/bench/generation.parquet``: new tokens,
+median seconds over ``--repeats``, tokens/s, the speedup against the same implementation at batch 1 and
+against ``hf_generate`` at batch 1, and whether every row's tokens equal the batch-1 tokens of our loop
+(greedy decoding must not depend on batching). The issue's goal is >= 4x at batch 32 on 2 cores.
+
+``--random-llama`` benchmarks a random-weight Llama of the embedded default's shape (hidden 128, 4 layers,
+MLP 768, vocabulary 512, with a byte-level BPE tokenizer trained on the prompts) for when the trained
+specialists do not exist yet; its rows never hit EOS, so every prompt generates ``max_new_tokens``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def random_llama(path: Path, prompts: list[str], vocab_size: int = 512) -> None:
+    """Save a random Llama of the embedded default's shape and a BPE tokenizer trained on ``prompts``."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(prompts * 4, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    ))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=128, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=True, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def hf_generate_tokens(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[list[int]]:
+    """Stock ``model.generate`` in chunks of ``batch_size`` (left padded); new tokens up to the first EOS."""
+    import torch
+
+    from taskprune.generate import eos_token_ids
+
+    eos = sorted(eos_token_ids(model, tokenizer))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+    rows: list[list[int]] = []
+    for start in range(0, len(prompts), batch_size):
+        enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(model.device)
+        with torch.inference_mode():
+            out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad,
+                                 eos_token_id=eos or None)
+        for row in out[:, enc["input_ids"].shape[1] :].tolist():
+            cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+            rows.append(row[:cut])
+    return rows
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from taskprune.config import add_config_arguments
+
+    parser.add_argument("--model-path", help="model checkpoint to benchmark (e.g. results/models/tiny-math)")
+    parser.add_argument("--random-llama", action="store_true",
+                        help="benchmark a random Llama of the embedded default's shape instead of --model-path")
+    parser.add_argument("--data", nargs="+", help="eval split(s) whose 'prompt' column gives the prompts")
+    parser.add_argument("--out", default="results/bench/generation.parquet", help="output Parquet file")
+    parser.add_argument("--n-prompts", type=int, default=32, help="prompts to generate for (default 32)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--max-new-tokens", type=int,
+                        help="new tokens per prompt (default: evaluation.max_new_tokens of the data's task, else 64)")
+    parser.add_argument("--implementations", nargs="+", default=["taskprune", "hf_generate"],
+                        choices=["taskprune", "hf_generate"])
+    parser.add_argument("--repeats", type=int, default=1, help="timed repetitions per cell (median reported)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's, i.e. OMP_NUM_THREADS)")
+    add_config_arguments(parser)
+
+
+def _prompts(args: argparse.Namespace) -> tuple[list[str], str | None]:
+    from taskprune.errors import ConfigError
+    from taskprune.io import read_parquet
+
+    if not args.data:
+        if not args.random_llama:
+            raise ConfigError("--data: give the eval split(s) whose prompts to generate for")
+        prompts = [
+            f"Question: A shop sells {i + 2} boxes of {3 * i + 4} pencils each. How many pencils are there?\nAnswer:"
+            for i in range(args.n_prompts)
+        ]
+        return prompts, None
+    prompts: list[str] = []
+    for path in args.data:
+        prompts += read_parquet(path, ("prompt",), what="eval split")["prompt"].to_list()
+    task = Path(args.data[0]).parent.name
+    return prompts[: args.n_prompts], task
+
+
+def run(args: argparse.Namespace) -> int:
+    import polars as pl
+    import torch
+    import transformers
+
+    from taskprune.config import EvaluationConfig, stage_options
+    from taskprune.errors import ConfigError
+    from taskprune.generate import generate
+    from taskprune.io import write_parquet
+    from taskprune.modeling import load_model, load_tokenizer
+
+    opts = stage_options(args, {"evaluation": EvaluationConfig, "device": "auto"})
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.model_path and not args.random_llama:
+        raise ConfigError("give --model-path (a checkpoint) or --random-llama")
+    if min(args.batch_sizes) < 1 or args.n_prompts < 1 or args.repeats < 1:
+        raise ConfigError("--batch-sizes, --n-prompts and --repeats must be positive")
+    prompts, task = _prompts(args)
+    max_new = args.max_new_tokens or int(opts.evaluation.max_new_tokens.get(task or "", 64))
+    batch_sizes = sorted(set(args.batch_sizes) | {1})
+
+    with tempfile.TemporaryDirectory(prefix="taskprune-bench-gen-") as tmp:
+        model_path = args.model_path
+        if args.random_llama:
+            model_path = str(Path(tmp) / "random-llama")
+            random_llama(Path(model_path), prompts)
+        model = load_model(model_path, opts.device)
+        tokenizer = load_tokenizer(model_path)
+
+    def ours(batch: int) -> list[list[int]]:
+        out = generate(model, tokenizer, prompts, max_new, batch_size=batch, token_budget=1 << 30, progress=False)
+        return [list(g.token_ids) for g in out]
+
+    def hf(batch: int) -> list[list[int]]:
+        return hf_generate_tokens(model, tokenizer, prompts, max_new, batch)
+
+    impls = {"taskprune": ours, "hf_generate": hf}
+    for name in args.implementations:  # warm-up: first calls pay for lazy initialisation
+        impls[name](min(4, len(prompts)))
+
+    measured: dict[tuple[str, int], tuple[float, list[list[int]]]] = {}
+    for name in args.implementations:
+        for batch in batch_sizes:
+            times = []
+            for _ in range(args.repeats):
+                started = time.perf_counter()
+                tokens = impls[name](batch)
+                times.append(time.perf_counter() - started)
+            measured[name, batch] = (statistics.median(times), tokens)
+            n_tokens = sum(len(t) for t in tokens)
+            logger.info("%s batch %d: %d tokens in %.2f s (%.0f tokens/s)", name, batch, n_tokens,
+                        measured[name, batch][0], n_tokens / measured[name, batch][0])
+
+    reference = measured.get(("taskprune", 1), measured[args.implementations[0], 1])[1]
+    params = sum(p.numel() for p in model.parameters())
+    rows = []
+    for (name, batch), (seconds, tokens) in measured.items():
+        n_tokens = sum(len(t) for t in tokens)
+        tps = n_tokens / seconds
+        own_1 = sum(len(t) for t in measured[name, 1][1]) / measured[name, 1][0]
+        hf_1 = (sum(len(t) for t in measured["hf_generate", 1][1]) / measured["hf_generate", 1][0]
+                if ("hf_generate", 1) in measured else float("nan"))
+        rows.append({
+            "implementation": name, "batch_size": batch, "n_prompts": len(prompts), "max_new_tokens": max_new,
+            "new_tokens": n_tokens, "seconds": seconds, "tokens_per_s": tps,
+            "speedup_vs_batch1": tps / own_1, "speedup_vs_hf_batch1": tps / hf_1,
+            "identical_outputs": tokens == reference, "threads": torch.get_num_threads(),
+            "device": str(model.device), "model": "random-llama" if args.random_llama else str(args.model_path),
+            "params": params, "torch": torch.__version__, "transformers": transformers.__version__,
+        })
+    table = pl.DataFrame(rows)
+    write_parquet(table, args.out, metadata={"prompts_from": args.data, "repeats": args.repeats})
+    best = table.filter(pl.col("implementation") == "taskprune").sort("batch_size").tail(1)
+    if best.height:
+        r = best.row(0, named=True)
+        logger.info("taskprune batch %d: %.1fx batch-1 throughput (%.1fx stock generate at batch 1), on %d thread(s)",
+                    r["batch_size"], r["speedup_vs_batch1"], r["speedup_vs_hf_batch1"], r["threads"])
+    return 0

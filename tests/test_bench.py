@@ -1,0 +1,309 @@
+"""Efficiency benchmarks: closed-form counts vs counted tensors, engines vs a no-cache greedy loop, and the
+``taskprune bench`` commands on tiny checkpoints (tiny settings; no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ARCHITECTURES, tiny_config, tiny_model
+from torch.utils.flop_counter import FlopCounterMode
+
+from taskprune import bench, flops
+from taskprune.arch import get_adapter, mlp_modules
+from taskprune.errors import DataError, ModelError
+
+GATED_TIGHT = [a for a in ARCHITECTURES if a in bench.TIGHT_MODEL_TYPES]
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def counted_params(model) -> tuple[int, int]:
+    """(total unique parameters, parameters inside the MLP modules), counted from the tensors."""
+    total = sum(p.numel() for p in model.parameters())
+    mlp = sum(p.numel() for m in mlp_modules(model) for p in m.parameters())
+    return total, mlp
+
+
+def shrink_mlps(model, widths: list[int]):
+    """Keep the first ``widths[l]`` neurons of layer ``l``'s MLP, slicing the tensors directly (an
+    independent, test-only pruner: no code under test is used)."""
+    adapter = get_adapter(model)
+    with torch.no_grad():
+        for mlp, w in zip(mlp_modules(model), widths, strict=True):
+            out = getattr(mlp, adapter.out_proj)
+            if adapter.kind == "conv1d":  # c_fc weight [d, f], bias [f]; c_proj weight [f, d]
+                fc = getattr(mlp, adapter.in_projs[0])
+                fc.weight = torch.nn.Parameter(fc.weight[:, :w].clone())
+                fc.bias = torch.nn.Parameter(fc.bias[:w].clone())
+                fc.nf = w
+                out.weight = torch.nn.Parameter(out.weight[:w].clone())
+                continue
+            full = out.weight.shape[1]
+            for name in adapter.in_projs:
+                lin = getattr(mlp, name)
+                rows = (
+                    torch.cat([torch.arange(w), full + torch.arange(w)])
+                    if adapter.kind == "gated_fused"
+                    else torch.arange(w)
+                )
+                lin.weight = torch.nn.Parameter(lin.weight[rows].clone())
+                if lin.bias is not None:
+                    lin.bias = torch.nn.Parameter(lin.bias[rows].clone())
+            out.weight = torch.nn.Parameter(out.weight[:, :w].clone())
+    return model
+
+
+def flop_count(model, *args, **kwargs) -> int:
+    """FLOPs of one forward as counted by torch's FlopCounterMode (matmuls and attention products)."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        out = model(*args, **kwargs)
+    counts = counter.get_flop_counts()
+    rotary = sum(sum(v.values()) for k, v in counts.items() if k.endswith("rotary_emb"))
+    return sum(counts["Global"].values()) - rotary, out
+
+
+def eager(arch: str, **kw):
+    """A tiny model whose attention is plain matmuls (so FlopCounterMode sees every product)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(tiny_config(arch, **kw), attn_implementation="eager").eval()
+
+
+# --------------------------------------------------------------------------------- closed form
+
+
+def test_param_counts_match_counted_tensors(arch):
+    for d_ff in (80, 52):  # the fixture's width, and a "pruned" config built with a smaller width
+        model = tiny_model(arch, d_ff=d_ff)
+        counts = flops.param_counts(flops.shape_from_config(model.config))
+        assert (counts.total, counts.mlp) == counted_params(model)
+        assert counts.total == (
+            counts.mlp + counts.attention + counts.embedding + counts.lm_head + counts.norms
+        )
+
+
+def test_param_counts_with_per_layer_widths(arch):
+    widths = [37, 61]  # different per layer, as after global allocation
+    model = shrink_mlps(tiny_model(arch), widths)
+    counts = flops.param_counts(flops.shape_from_config(model.config, widths))
+    assert (counts.total, counts.mlp) == counted_params(model)
+    full = flops.param_counts(flops.shape_from_config(tiny_model(arch).config))
+    assert full.total - counts.total == full.mlp - counts.mlp > 0
+
+
+@pytest.mark.parametrize("widths", [None, [37, 61]])
+def test_flops_match_flop_counter(arch, widths):
+    """Decode: one token over c cached keys, exactly. Prefill: the counter's dense (masked) attention
+    computes T keys per position where the causal closed form counts i, so add back the masked half."""
+    model = eager(arch)
+    if widths:
+        shrink_mlps(model, widths)
+    shape = flops.shape_from_config(model.config, widths)
+    batch, prompt = 2, 7
+    ids = torch.randint(3, 90, (batch, prompt), generator=torch.Generator().manual_seed(0))
+    counted_prefill, out = flop_count(model, ids, use_cache=True)
+    masked = 4 * shape.num_layers * shape.q_width * (prompt * prompt - prompt * (prompt + 1) // 2)
+    expected = prompt * flops.prefill_flops_per_token(shape, prompt, logits_positions=prompt) + masked
+    assert counted_prefill == batch * expected
+
+    cache = getattr(out, "cache", None) or out.past_key_values
+    counted_decode, _ = flop_count(model, ids[:, :1], cache=cache, use_cache=True)
+    assert counted_decode == batch * flops.flops_per_token(shape, prompt + 1)
+
+
+def test_prefill_and_decode_means_follow_the_contexts():
+    shape = flops.shape_from_config(tiny_config("llama"))
+    per_context = [flops.flops_per_token(shape, c) for c in range(1, 11)]
+    assert flops.decode_flops_per_token(shape, 4, 6) == pytest.approx(sum(per_context[4:10]) / 6)
+    head = 2 * shape.vocab_size * shape.hidden_size
+    prefill_all = flops.prefill_flops_per_token(shape, 10, logits_positions=10)
+    assert prefill_all == pytest.approx(sum(per_context) / 10)
+    assert flops.prefill_flops_per_token(shape, 10, 1) == pytest.approx(prefill_all - 9 * head / 10)
+
+
+def test_sliding_window_caps_the_attended_keys():
+    config = tiny_config("mistral")
+    config.sliding_window = 4
+    windowed, full = flops.shape_from_config(config), flops.shape_from_config(tiny_config("mistral"))
+    assert flops.flops_per_token(windowed, 3) == flops.flops_per_token(full, 3)
+    assert flops.flops_per_token(windowed, 50) == flops.flops_per_token(full, 4)
+
+
+def test_gemma_counts_match():
+    from transformers import AutoModelForCausalLM, GemmaConfig
+
+    config = GemmaConfig(vocab_size=96, hidden_size=32, intermediate_size=80, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    model = AutoModelForCausalLM.from_config(config)
+    counts = flops.param_counts(flops.shape_from_config(config))
+    assert (counts.total, counts.mlp) == counted_params(model)
+
+
+def test_width_count_mismatch_is_one_line_error():
+    with pytest.raises(ModelError, match="got 3 MLP widths for a model with 2 layers"):
+        flops.shape_from_config(tiny_config("llama"), [8, 8, 8])
+
+
+# ------------------------------------------------------------------------------------ engines
+
+
+def greedy_reference(model, ids, new_tokens: int):
+    """Greedy continuation recomputing the whole sequence every step (no cache at all)."""
+    seq = ids
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            nxt = model(seq, use_cache=False).logits[:, -1].argmax(-1)
+            seq = torch.cat([seq, nxt[:, None]], 1)
+    return seq[:, ids.shape[1] :]
+
+
+def test_engines_reproduce_greedy_decoding(arch):
+    ids = torch.randint(3, 90, (3, 6), generator=torch.Generator().manual_seed(1))
+    reference = greedy_reference(tiny_model(arch), ids, 8)
+    engines = ["hf"] + (["tight"] if arch in GATED_TIGHT else [])
+    for name in engines:
+        for static in (True, False) if name == "hf" else (True,):
+            engine = bench.make_engine(tiny_model(arch), name, 3, 14, static_cache=static, compile=False)
+            with torch.inference_mode():
+                first = bench.generate_tokens(engine, ids, 8)
+                again = bench.generate_tokens(engine, ids, 8)  # a reused engine starts clean
+            assert torch.equal(first, reference), (name, static)
+            assert torch.equal(again, reference), (name, static)
+
+
+def test_tight_engine_handles_per_layer_widths_and_gqa():
+    model = shrink_mlps(tiny_model("qwen2"), [37, 61])  # qwen2: q/k/v biases, 4 query vs 2 kv heads
+    ids = torch.randint(3, 90, (2, 5), generator=torch.Generator().manual_seed(2))
+    reference = greedy_reference(model, ids, 6)
+    engine = bench.make_engine(model, "tight", 2, 11, static_cache=True, compile=False)
+    with torch.inference_mode():
+        assert torch.equal(bench.generate_tokens(engine, ids, 6), reference)
+
+
+def test_engine_choice():
+    assert bench.resolve_engine("auto", tiny_config("llama")) == "tight"
+    assert bench.resolve_engine("auto", tiny_config("gpt2")) == "hf"
+    with pytest.raises(ModelError, match="does not support model type 'gpt_neox'"):
+        bench.resolve_engine("tight", tiny_config("gpt_neox"))
+
+
+# ----------------------------------------------------------------------------- checkpoints + CLI
+
+
+def save(model, path: Path) -> Path:
+    model.save_pretrained(path)
+    return path
+
+
+def test_checkpoint_widths_read_from_headers(arch, tmp_path):
+    widths = [37, 61]
+    path = save(shrink_mlps(tiny_model(arch), widths), tmp_path / arch)
+    config = tiny_config(arch)
+    assert bench.checkpoint_widths(path, config) == widths
+    assert bench.bytes_on_disk(path) == sum(f.stat().st_size for f in path.glob("*.safetensors"))
+
+
+TINY_BENCH = {"batch_sizes": [2], "prompt_tokens": 6, "new_tokens": 3, "warmup": 1, "repeats": 2,
+              "static_cache": True, "compile": False, "threads": 1}
+
+
+def run_cli(*argv: str) -> int:
+    from taskprune.cli import main
+
+    return main(["bench", *argv])
+
+
+def test_bench_measure_and_gather(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "MEMORY_PAIRS_MAX", 1)  # one model/baseline process pair keeps this fast
+    import polars as pl
+
+    base = save(tiny_model("llama", d_ff=80), tmp_path / "base")
+    pruned = save(tiny_model("llama", d_ff=52), tmp_path / "pruned")
+    twin = save(tiny_model("llama", d_ff=52, seed=5), tmp_path / "twin")
+    options = json.dumps({"bench": TINY_BENCH, "device": "cpu"})
+    out_base, out_pruned = tmp_path / "b.parquet", tmp_path / "p.parquet"
+    assert run_cli("measure", "--checkpoint", str(base), "--variant", "m/base", "--output", str(out_base),
+                   "--options", options) == 0
+    assert run_cli("measure", "--checkpoint", str(pruned), "--variant", "m/selective/35/0",
+                   "--label-variant", "m/random/35/7", "--label-checkpoint", str(twin),
+                   "--label-variant", "m/selective/35/0/recovered",
+                   "--output", str(out_pruned), "--options", options) == 0
+    final = tmp_path / "efficiency.parquet"
+    assert run_cli("gather", str(out_base), str(out_pruned), "--output", str(final)) == 0
+
+    df = pl.read_parquet(final)
+    assert set(bench.CONTRACT_COLUMNS) <= set(df.columns)
+    assert df.height == 4 * 2  # 4 variants x 1 batch size x 2 phases
+    assert df.select(pl.struct("variant", "batch_size", "phase").is_unique().all()).item()
+    assert set(df["phase"]) == {"prefill", "decode"} and set(df["batch_size"]) == {2}
+    assert (df["tokens_per_s"] > 0).all() and (df["tokens_per_s_q1"] <= df["tokens_per_s_q3"]).all()
+    assert ((df["tokens_per_s_q1"] <= df["tokens_per_s"]) & (df["tokens_per_s"] <= df["tokens_per_s_q3"])).all()
+
+    by_variant = {r["variant"]: r for r in df.filter(pl.col("phase") == "decode").iter_rows(named=True)}
+    for variant, ckpt, d_ff in [("m/base", base, 80), ("m/selective/35/0", pruned, 52)]:
+        row = by_variant[variant]
+        model = tiny_model("llama", d_ff=d_ff)
+        assert (row["params_total"], row["params_mlp"]) == counted_params(model)
+        assert row["bytes_on_disk"] == bench.bytes_on_disk(ckpt)
+        assert row["engine"] == "tight" and row["threads"] == 1 and row["device"] == "cpu"
+    base_row, pruned_row = by_variant["m/base"], by_variant["m/selective/35/0"]
+    assert base_row["measured_speedup"] == 1.0 and base_row["ideal_speedup"] == 1.0
+    assert base_row["realised_fraction"] is None
+    shape_b = flops.shape_from_config(tiny_config("llama", d_ff=80))
+    shape_p = flops.shape_from_config(tiny_config("llama", d_ff=52))
+    ideal = flops.decode_flops_per_token(shape_b, 6, 3) / flops.decode_flops_per_token(shape_p, 6, 3)
+    assert pruned_row["ideal_speedup"] == pytest.approx(ideal) and ideal > 1
+    assert pruned_row["measured_speedup"] == pytest.approx(pruned_row["tokens_per_s"] / base_row["tokens_per_s"])
+    assert pruned_row["realised_fraction"] == pytest.approx((pruned_row["measured_speedup"] - 1) / (ideal - 1))
+    # labelled variants reuse the measurement, say so, and carry their own identity
+    random_row, recovered_row = by_variant["m/random/35/7"], by_variant["m/selective/35/0/recovered"]
+    assert random_row["tokens_per_s"] == pruned_row["tokens_per_s"]
+    assert random_row["measured_variant"] == recovered_row["measured_variant"] == "m/selective/35/0"
+    assert (random_row["method"], random_row["seed"], random_row["level_pct"]) == ("random", 7, 35.0)
+    assert recovered_row["stage"] == "recovered" and pruned_row["stage"] == "pruned"
+    assert random_row["bytes_on_disk"] == bench.bytes_on_disk(twin)
+
+    # gather needs a base row measured with the same settings
+    with pytest.raises(DataError, match="no base row for model 'm'"):
+        bench.gather([out_pruned])
+
+
+def test_label_checkpoint_with_other_shapes_is_refused(tmp_path):
+    from taskprune.config import BenchConfig
+
+    a = save(tiny_model("llama", d_ff=52), tmp_path / "a")
+    b = save(tiny_model("llama", d_ff=60), tmp_path / "b")
+    with pytest.raises(ModelError, match="different shapes"):
+        bench.measure_variant(a, "m/selective/10/0", BenchConfig(**TINY_BENCH), device="cpu",
+                              label_variants=["m/random/10/1"], label_checkpoints=[str(b)])
+    with pytest.raises(DataError, match="--variant 'nonsense'"):
+        bench.measure_variant(a, "nonsense", BenchConfig(**TINY_BENCH), device="cpu")
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+def test_bench_plan_covers_every_variant_once(allocation):
+    from taskprune.config import validate_config
+    from taskprune.grid import all_variants
+
+    cfg = validate_config({
+        "tasks": {"math": {"kind": "math"}, "conversation": {"kind": "conversation"}, "qna": {"kind": "qna"}},
+        "models": {"m": {"task": "math"}},
+        "pruning": {"levels": [10, 20], "methods": ["selective", "random"], "seeds": [1, 2],
+                    "allocation": allocation},
+    })
+    plan = bench.bench_plan(cfg)
+    labelled = [v for members in plan.values() for v in members]
+    assert sorted(labelled) == sorted(v.path for v in all_variants(cfg))
+    for measured, members in plan.items():
+        assert measured in members
+        assert len({m.split("/")[2] if not m.endswith("base") else "0" for m in members}) == 1  # one level
+    if allocation == "uniform":
+        assert len(plan) == 1 + 2  # base + one checkpoint per level
+    else:
+        assert plan["m/selective/10/0"] == ["m/selective/10/0", "m/selective/10/0/recovered"]
