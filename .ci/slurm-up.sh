@@ -10,8 +10,9 @@
 #   3. /etc/slurm/slurm.conf for one node: this host, its CPUs, RealMemory under the machine's,
 #      proctrack/linuxproc, task/none, select/cons_tres, no accounting, SlurmUser=root, a long MinJobAge so
 #      that 'squeue' still reports finished jobs to the executor plugin (there is no sacct without
-#      accounting), and placeholder GPU GRES (no devices) so that 'gpu' requests of profiles/slurm are
-#      scheduled as on a GPU cluster (jobs then run on CPU with device: auto);
+#      accounting), and placeholder GPU GRES (null character devices under /run/taskprune-slurm) so that
+#      the 'gpu' requests of profiles/slurm are scheduled as on a GPU cluster (jobs then run on CPU with
+#      device: auto);
 #   4. slurmctld and slurmd, then waits until 'sinfo' shows the node idle.
 #
 # Environment:
@@ -90,9 +91,10 @@ fi
 install -d -m 0755 "$CONF_DIR" "$LOG_DIR" /var/spool/slurmctld /var/spool/slurmd
 conf=$(
   cat <<EOF
-# Written by taskprune .ci/slurm-up.sh: a single-node CI cluster without accounting.
+# Written by taskprune .ci/slurm-up.sh: a single-node CI cluster without accounting (addresses are
+# loopback, so the host name need not resolve).
 ClusterName=taskprune-ci
-SlurmctldHost=${NODE}
+SlurmctldHost=${NODE}(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -118,7 +120,7 @@ SlurmdPidFile=/run/slurmd.pid
 SlurmctldLogFile=${LOG_DIR}/slurmctld.log
 SlurmdLogFile=${LOG_DIR}/slurmd.log
 ${GRES_TYPES}
-NodeName=${NODE} CPUs=${CPUS} RealMemory=${REAL_MB}${GRES_NODE} State=UNKNOWN
+NodeName=${NODE} NodeAddr=127.0.0.1 CPUs=${CPUS} RealMemory=${REAL_MB}${GRES_NODE} State=UNKNOWN
 PartitionName=${PARTITION} Nodes=${NODE} Default=YES MaxTime=INFINITE State=UP
 EOF
 )
@@ -152,7 +154,7 @@ fi
 # ---------------------------------------------------------------------------------------- daemons
 if ! pid_alive /run/slurmctld.pid slurmctld; then
   log "starting slurmctld"
-  slurmctld -i   # -i: ignore (and drop) state saved by an earlier run
+  slurmctld -c   # -c: start clean, without the jobs and node states of an earlier run
 fi
 if ! pid_alive /run/slurmd.pid slurmd; then
   log "starting slurmd"

@@ -893,6 +893,54 @@ def gather(paths: Sequence[str | os.PathLike[str]]) -> Any:
     )
 
 
+# ------------------------------------------------------------------------------------ profiling
+
+
+def profile_phase(
+    checkpoint: str | os.PathLike[str],
+    batch_size: int,
+    phase: str,
+    bench: Any,
+    *,
+    device: str = "auto",
+    engine: str = "auto",
+    row_limit: int = 25,
+) -> str:
+    """Where the time of one benchmarked phase goes: torch.profiler's table of operators (grouped by input
+    shapes, sorted by their own CPU time) over one prefill or one ``new_tokens``-step decode, after a
+    warm-up. For diagnosis only; nothing here feeds the efficiency table."""
+    import torch
+
+    from taskprune.modeling import load_model
+
+    if bench.threads:
+        torch.set_num_threads(bench.threads)
+    model = load_model(checkpoint, device)
+    engine_name = resolve_engine(engine, model.config)
+    compiled = bool(bench.compile) and engine_name == "hf"
+    max_len = bench.prompt_tokens + bench.new_tokens
+    runner = make_engine(model, engine_name, batch_size, max_len, bench.static_cache, compiled)
+    tokens = _prompt_tokens(model.config.vocab_size, batch_size, bench.prompt_tokens, model.device)
+    with torch.inference_mode():
+        generate_tokens(runner, tokens, bench.new_tokens)  # warm-up (and compilation)
+        runner.reset()
+        first = runner.prefill(tokens) if phase == "decode" else None
+        with torch.profiler.profile(record_shapes=True) as prof:
+            if phase == "prefill":
+                runner.prefill(tokens)
+            else:
+                runner.decode(first, bench.prompt_tokens, bench.new_tokens)
+    header = (
+        f"{checkpoint}: {phase}, batch {batch_size}, {engine_name} engine, {torch.get_num_threads()} thread(s), "
+        f"{'one prefill' if phase == 'prefill' else f'{bench.new_tokens} decode steps'}; "
+        f"1-minute load average {os.getloadavg()[0]:.1f}"
+    )
+    table = prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=row_limit
+    )
+    return header + "\n" + table
+
+
 # ------------------------------------------------------------------------------------- planning
 
 
@@ -933,7 +981,7 @@ def add_arguments(parser: Any) -> None:
 
     from taskprune.config import add_config_arguments
 
-    sub = parser.add_subparsers(dest="action", required=True, metavar="{measure,gather}")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="{measure,gather,profile}")
     measure = sub.add_parser(
         "measure",
         help="benchmark one variant checkpoint into a per-variant Parquet",
@@ -977,7 +1025,19 @@ def add_arguments(parser: Any) -> None:
     )
     gather_p.add_argument("inputs", nargs="+", help="per-variant Parquet files from 'bench measure'")
     gather_p.add_argument("--output", required=True, help="e.g. results/bench/efficiency.parquet")
-    for p in (measure, gather_p):  # accept the global flags after the action too
+    prof = sub.add_parser(
+        "profile",
+        help="print where the time of one benchmarked phase goes (torch.profiler, diagnosis only)",
+        description="Profile one phase of the benchmarked generation path in this process and print the "
+        "operators sorted by their own CPU time (nothing is written).",
+    )
+    prof.add_argument("--checkpoint", required=True)
+    prof.add_argument("--batch-size", type=int, default=32)
+    prof.add_argument("--phase", choices=PHASES, default="decode")
+    prof.add_argument("--engine", choices=["auto", "tight", "hf"], default="auto")
+    prof.add_argument("--rows", type=int, default=25, help="operators to show")
+    add_config_arguments(prof)
+    for p in (measure, gather_p, prof):  # accept the global flags after the action too
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
         p.add_argument(
             "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
@@ -995,6 +1055,19 @@ def run(args: Any) -> int:
         return 0
     options = stage_options(args, {"bench": BenchConfig, "device": "auto"})
     bench = options.bench
+    if args.action == "profile":
+        print(
+            profile_phase(
+                args.checkpoint,
+                args.batch_size,
+                args.phase,
+                bench,
+                device=options.device,
+                engine=args.engine,
+                row_limit=args.rows,
+            )
+        )
+        return 0
     if not bench.batch_sizes or any(b < 1 for b in bench.batch_sizes):
         raise TaskpruneError(f"bench.batch_sizes must be positive integers, got {bench.batch_sizes}")
     rows = measure_variant(

@@ -19,9 +19,12 @@ Rows of ``results/bench/stats_collection.parquet`` (one per model, approach and 
   Goal for ``taskprune_stats``: ratio >= 0.90. ``cpu_time_tokens_per_s`` and ``ratio_cpu_time`` are the
   same from process CPU time, which other jobs on a shared CPU machine do not inflate (ignore on CUDA).
 - ``kind = peak_memory``: peak memory of a fresh subprocess that loads the model, tokenizes ``n_prompts``
-  prompts and runs the approach (CUDA: ``torch.cuda.max_memory_allocated``; CPU: peak resident set size),
-  ``ratio`` = this peak / the peak at the smallest prompt count. Goal for ``taskprune_stats``: ratio at
-  4,000 prompts <= 1.05. Each measurement runs in its own process so peaks do not mix.
+  prompts and runs the approach (CUDA: ``torch.cuda.max_memory_allocated``; CPU: peak resident set size
+  of the whole process), ``ratio`` = this peak / the peak at the smallest prompt count. Goal for
+  ``taskprune_stats``: ratio at 4,000 prompts <= 1.05. Each measurement runs in its own process so peaks
+  do not mix. ``memory_above_loaded_model`` is the peak of the data + collection phase alone above the
+  memory held once the model is loaded (on Linux the peak-RSS counter is reset at that point), which
+  shows the growth that the whole-process peak (set by imports and loading) hides.
 
 When the dataset has fewer prompts than asked for, it is cycled (memory depends on the count, not the text).
 ``save_random_llama`` writes a random-weight Llama of the embedded specialists' size with a small BPE
@@ -224,9 +227,26 @@ def agreement(model: Any, batches: Sequence[Any]) -> float:
 # ------------------------------------------------------------------------------ memory (children)
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_bytes(key: str) -> int | None:
+    """``VmRSS`` / ``VmHWM`` (peak RSS) of this process from /proc, in bytes (None where unavailable)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (``VmHWM``), so the peak of a later phase can be read alone."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -241,7 +261,8 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     model = load_model(spec["model_path"], spec["device"])
     tokenizer = load_tokenizer(spec["model_path"], padding_side="right")
     device = next(model.parameters()).device
-    rss_before = _rss_bytes()
+    rss_before = _status_bytes("VmRSS") or 0
+    phase_peak = _reset_peak_rss()  # from here on VmHWM is the peak of data loading + collection
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         cuda_before = torch.cuda.memory_allocated()
@@ -259,9 +280,11 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     RUNNERS[spec["approach"]](model, counted())
     seconds = time.perf_counter() - started
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    process_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # whole life (Linux: KiB)
+    collection_peak = _status_bytes("VmHWM") if phase_peak else None
     out = {
-        "peak_rss_bytes": int(peak_rss),
+        "peak_rss_bytes": int(process_peak),
+        "collection_peak_rss_bytes": collection_peak,
         "rss_before_bytes": int(rss_before),
         "seconds": seconds,
         "n_tokens": n_tokens,
@@ -361,7 +384,12 @@ def benchmark_model(
             on_cuda = peak["peak_cuda_bytes"] is not None
             value = peak["peak_cuda_bytes"] if on_cuda else peak["peak_rss_bytes"]
             base = peaks[smallest]["peak_cuda_bytes"] if on_cuda else peaks[smallest]["peak_rss_bytes"]
-            before = peak["cuda_before_bytes"] if on_cuda else peak["rss_before_bytes"]
+            if on_cuda:
+                above = peak["peak_cuda_bytes"] - peak["cuda_before_bytes"]
+            elif peak["collection_peak_rss_bytes"] is not None:
+                above = peak["collection_peak_rss_bytes"] - peak["rss_before_bytes"]
+            else:
+                above = None
             goal = approach == "taskprune_stats" and n != smallest
             rows.append({
                 **common, "approach": approach, "kind": "peak_memory", "n_prompts": n,
@@ -371,7 +399,8 @@ def benchmark_model(
                 "ratio": value / base, "ratio_to": f"{smallest} prompts",
                 "goal": f"ratio <= {MEMORY_GROWTH_GOAL:.2f}" if goal else None,
                 "goal_met": bool(value / base <= MEMORY_GROWTH_GOAL) if goal else None,
-                "memory_above_loaded_model": float(value - before), "seconds": peak["seconds"],
+                "memory_above_loaded_model": None if above is None else float(above),
+                "peak_rss_bytes": float(peak["peak_rss_bytes"]), "seconds": peak["seconds"],
             })
     return rows
 

@@ -125,10 +125,14 @@ class _StopChecker:
         return text[: min(cuts)] if cuts else text
 
 
-def _forward_kwargs(model: Any, cache: Any) -> dict[str, Any]:
-    """transformers 5 names the cache argument ``cache``; 4.x ``past_key_values``."""
+def _forward_kwargs(model: Any, cache: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Keyword arguments of the decode steps and the extra ones of the prefill: transformers 5 names the
+    cache argument ``cache`` (4.x ``past_key_values``); ``logits_to_keep=1`` (where the model accepts it)
+    spares the prefill the LM head over every prompt position."""
     params = inspect.signature(model.forward).parameters
-    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
+    step = {"cache": cache} if "cache" in params else {"past_key_values": cache}
+    prefill = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    return step, prefill
 
 
 def _generate_batch(
@@ -162,7 +166,7 @@ def _generate_batch(
     position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
 
     cache = DynamicCache(config=model.config)
-    cache_kw = _forward_kwargs(model, cache)
+    cache_kw, prefill_kw = _forward_kwargs(model, cache)
     eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device) if eos_ids else None
 
     new_tokens: list[list[int]] = [[] for _ in range(batch)]
@@ -170,7 +174,7 @@ def _generate_batch(
     active = list(range(batch))  # original row index of each row still in the batch
     logits = model(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-        use_cache=True, logits_to_keep=1, **cache_kw,
+        use_cache=True, **cache_kw, **prefill_kw,
     ).logits[:, -1, :]  # [B, vocab]
     last_position = position_ids[:, -1:]  # [B, 1]
     for step in range(max_new_tokens):
