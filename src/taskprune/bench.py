@@ -893,6 +893,82 @@ def gather(paths: Sequence[str | os.PathLike[str]]) -> Any:
     )
 
 
+# ------------------------------------------------------------------------------- paired compare
+
+
+def compare_paired(
+    base_checkpoint: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str],
+    bench: Any,
+    batch_size: int,
+    phase: str,
+    rounds: int,
+    *,
+    device: str = "auto",
+    engine: str = "auto",
+) -> tuple[Any, dict[str, float]]:
+    """Speedup of ``checkpoint`` over ``base_checkpoint`` from interleaved fresh-process measurements.
+
+    On a shared machine the load drifts over minutes, so two variants measured by separate jobs see
+    different neighbours. Here each round measures both (order alternating: ABBA...), and the speedup is
+    the median over rounds of the within-round ratio. Returns (per-round table, summary). For diagnosis
+    and reports; the efficiency table itself comes from ``measure`` + ``gather``.
+    """
+    import polars as pl
+
+    from taskprune.flops import decode_flops_per_token, prefill_flops_per_token
+
+    def phase_flops(path: str | os.PathLike[str]) -> float:
+        shape = checkpoint_shape(path)
+        if phase == "prefill":
+            return prefill_flops_per_token(shape, bench.prompt_tokens, logits_positions=1)
+        return decode_flops_per_token(shape, bench.prompt_tokens, bench.new_tokens)
+
+    ideal = phase_flops(base_checkpoint) / phase_flops(checkpoint)
+    common = {
+        "kind": "throughput", "device": device, "engine": engine, "threads": bench.threads,
+        "prompt_tokens": bench.prompt_tokens, "new_tokens": bench.new_tokens, "static_cache": bench.static_cache,
+        "compile": bench.compile, "warmup": bench.warmup, "repeats": bench.repeats, "batch_size": batch_size,
+        "phase": phase,
+    }  # fmt: skip
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="taskprune-compare-") as tmp:
+        for r in range(rounds):
+            pair = [("base", base_checkpoint), ("variant", checkpoint)]
+            for which, path in pair if r % 2 == 0 else pair[::-1]:
+                res = _run_worker({**common, "checkpoint": str(path)}, Path(tmp), f"{which}{r}")
+                rows.append(
+                    {
+                        "round": r,
+                        "which": which,
+                        "tokens_per_s": res["tokens_per_s"],
+                        "tokens_per_s_best": max(res["tokens_per_s_repeats"]),
+                        "tokens_per_cpu_s": res["tokens_per_cpu_s"],
+                        "load_avg_1m": res["load_avg_1m"],
+                    }
+                )
+                log.info(
+                    "round %d %s: %.0f tokens/s (load %.1f)",
+                    r,
+                    which,
+                    res["tokens_per_s"],
+                    res["load_avg_1m"],
+                )
+    table = pl.DataFrame(rows)
+    wide = table.pivot(
+        on="which", index="round", values=["tokens_per_s", "tokens_per_s_best", "tokens_per_cpu_s"]
+    )
+    summary: dict[str, float] = {"ideal_speedup": ideal}
+    for metric in ("tokens_per_s", "tokens_per_s_best", "tokens_per_cpu_s"):
+        ratios = wide[f"{metric}_variant"] / wide[f"{metric}_base"]
+        speedup = float(ratios.median()) if ratios.null_count() < len(ratios) else float("nan")
+        summary[f"speedup_{metric}"] = speedup
+        summary[f"realised_{metric}"] = (
+            (speedup - 1) / (ideal - 1) if abs(ideal - 1) > 1e-12 else float("nan")
+        )
+    return table, summary
+
+
 # ------------------------------------------------------------------------------------ profiling
 
 
@@ -981,7 +1057,7 @@ def add_arguments(parser: Any) -> None:
 
     from taskprune.config import add_config_arguments
 
-    sub = parser.add_subparsers(dest="action", required=True, metavar="{measure,gather,profile}")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="{measure,gather,profile,compare}")
     measure = sub.add_parser(
         "measure",
         help="benchmark one variant checkpoint into a per-variant Parquet",
@@ -1037,7 +1113,22 @@ def add_arguments(parser: Any) -> None:
     prof.add_argument("--engine", choices=["auto", "tight", "hf"], default="auto")
     prof.add_argument("--rows", type=int, default=25, help="operators to show")
     add_config_arguments(prof)
-    for p in (measure, gather_p, prof):  # accept the global flags after the action too
+    comp = sub.add_parser(
+        "compare",
+        help="speedup of one checkpoint over the base from interleaved fresh-process runs (diagnosis)",
+        description="Measure a base and a variant checkpoint alternately in fresh processes (ABBA...) and "
+        "print the median within-round speedup next to the ideal one. Robust to load drifting on a shared "
+        "machine; nothing is written unless --output is given.",
+    )
+    comp.add_argument("--base", required=True, help="base checkpoint directory")
+    comp.add_argument("--checkpoint", required=True, help="variant checkpoint directory")
+    comp.add_argument("--batch-size", type=int, default=32)
+    comp.add_argument("--phase", choices=PHASES, default="decode")
+    comp.add_argument("--rounds", type=int, default=6)
+    comp.add_argument("--engine", choices=["auto", "tight", "hf"], default="auto")
+    comp.add_argument("--output", help="optional Parquet of the per-round measurements")
+    add_config_arguments(comp)
+    for p in (measure, gather_p, prof, comp):  # accept the global flags after the action too
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
         p.add_argument(
             "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
@@ -1055,6 +1146,22 @@ def run(args: Any) -> int:
         return 0
     options = stage_options(args, {"bench": BenchConfig, "device": "auto"})
     bench = options.bench
+    if args.action == "compare":
+        table, summary = compare_paired(
+            args.base,
+            args.checkpoint,
+            bench,
+            args.batch_size,
+            args.phase,
+            args.rounds,
+            device=options.device,
+            engine=args.engine,
+        )
+        print(table)
+        print(json.dumps(summary, indent=2))
+        if args.output:
+            write_parquet(table, args.output, metadata={**summary, "bench": bench.model_dump()})
+        return 0
     if args.action == "profile":
         print(
             profile_phase(
