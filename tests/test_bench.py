@@ -135,11 +135,50 @@ def test_sliding_window_caps_the_attended_keys():
     assert flops.flops_per_token(windowed, 50) == flops.flops_per_token(full, 4)
 
 
+def test_bytes_match_weight_and_cache_tensors(arch):
+    """Weights: the matrices the forward multiplies by (attention and MLP projections, LM head).
+    KV: the nbytes of a real cache holding ``c`` positions of one sequence."""
+    model = shrink_mlps(tiny_model(arch), [37, 61])
+    shape = flops.shape_from_config(model.config, [37, 61])
+    adapter = get_adapter(model)
+    matrices = [model.get_output_embeddings().weight]
+    for layer, mlp in zip(bench_layers(model), mlp_modules(model), strict=True):
+        attn = getattr(layer, "self_attn", None) or getattr(layer, "attn", None) or layer.attention
+        matrices += [
+            m.weight for m in attn.modules() if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"
+        ]
+        matrices += [getattr(mlp, n).weight for n in (*adapter.in_projs, adapter.out_proj)]
+    assert flops.weight_bytes(shape, 4) == sum(w.nbytes for w in matrices)
+
+    context = 9
+    ids = torch.randint(3, 90, (1, context), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model(ids, use_cache=True)
+    cache = getattr(out, "cache", None) or out.past_key_values
+    cached = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    assert flops.kv_bytes(shape, context, 4) == cached
+    per_step = [flops.weight_bytes(shape, 4) / 8 + flops.kv_bytes(shape, c, 4) for c in (4, 5, 6)]
+    assert flops.decode_bytes_per_token(shape, 8, 3, 3, 4) == pytest.approx(sum(per_step) / 3)
+
+
+def bench_layers(model):
+    from taskprune.arch import decoder_layers
+
+    return decoder_layers(model)
+
+
 def test_gemma_counts_match():
     from transformers import AutoModelForCausalLM, GemmaConfig
 
-    config = GemmaConfig(vocab_size=96, hidden_size=32, intermediate_size=80, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    config = GemmaConfig(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=80,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+    )
     model = AutoModelForCausalLM.from_config(config)
     counts = flops.param_counts(flops.shape_from_config(config))
     assert (counts.total, counts.mlp) == counted_params(model)
@@ -209,8 +248,16 @@ def test_checkpoint_widths_read_from_headers(arch, tmp_path):
     assert bench.bytes_on_disk(path) == sum(f.stat().st_size for f in path.glob("*.safetensors"))
 
 
-TINY_BENCH = {"batch_sizes": [2], "prompt_tokens": 6, "new_tokens": 3, "warmup": 1, "repeats": 2,
-              "static_cache": True, "compile": False, "threads": 1}
+TINY_BENCH = {
+    "batch_sizes": [2],
+    "prompt_tokens": 6,
+    "new_tokens": 3,
+    "warmup": 1,
+    "repeats": 2,
+    "static_cache": True,
+    "compile": False,
+    "threads": 1,
+}
 
 
 def run_cli(*argv: str) -> int:
@@ -221,8 +268,18 @@ def run_cli(*argv: str) -> int:
 
 def measure(checkpoint: Path, variant: str, output: Path, *extra: str) -> int:
     options = json.dumps({"bench": TINY_BENCH, "device": "cpu"})
-    return run_cli("measure", "--checkpoint", str(checkpoint), "--variant", variant, "--output", str(output),
-                   "--options", options, *extra)
+    return run_cli(
+        "measure",
+        "--checkpoint",
+        str(checkpoint),
+        "--variant",
+        variant,
+        "--output",
+        str(output),
+        "--options",
+        options,
+        *extra,
+    )
 
 
 def test_bench_measure_writes_well_formed_rows(tmp_path, monkeypatch):
@@ -233,8 +290,22 @@ def test_bench_measure_writes_well_formed_rows(tmp_path, monkeypatch):
     pruned = save(tiny_model("llama", d_ff=52), tmp_path / "pruned")
     twin = save(tiny_model("llama", d_ff=52, seed=5), tmp_path / "twin")
     out = tmp_path / "p.parquet"
-    assert measure(pruned, "m/selective/35/0", out, "--label-variant", "m/random/35/7", "--label-checkpoint",
-                   str(twin), "--label-variant", "m/selective/35/0/recovered", "--label-checkpoint", str(twin)) == 0
+    assert (
+        measure(
+            pruned,
+            "m/selective/35/0",
+            out,
+            "--label-variant",
+            "m/random/35/7",
+            "--label-checkpoint",
+            str(twin),
+            "--label-variant",
+            "m/selective/35/0/recovered",
+            "--label-checkpoint",
+            str(twin),
+        )
+        == 0
+    )
 
     df = pl.read_parquet(out)
     assert df.columns == list(bench._schema())
@@ -242,7 +313,9 @@ def test_bench_measure_writes_well_formed_rows(tmp_path, monkeypatch):
     assert df.select(pl.struct("variant", "batch_size", "phase").is_unique().all()).item()
     assert set(df["phase"]) == {"prefill", "decode"} and set(df["batch_size"]) == {2}
     assert (df["tokens_per_s"] > 0).all() and (df["tokens_per_cpu_s"] > 0).all()
-    assert ((df["tokens_per_s_q1"] <= df["tokens_per_s"]) & (df["tokens_per_s"] <= df["tokens_per_s_q3"])).all()
+    assert (
+        (df["tokens_per_s_q1"] <= df["tokens_per_s"]) & (df["tokens_per_s"] <= df["tokens_per_s_q3"])
+    ).all()
     assert (df["tokens_per_s_repeats"].list.len() == 2).all()
     assert df["peak_memory_bytes"].n_unique() == 1  # batch-1 peak, repeated on every row
 
@@ -252,13 +325,21 @@ def test_bench_measure_writes_well_formed_rows(tmp_path, monkeypatch):
     assert measured["bytes_on_disk"] == bench.bytes_on_disk(pruned)
     assert measured["mlp_widths"] == [52, 52] and measured["stage"] == "pruned"
     assert (measured["engine"], measured["compiled"], measured["threads"], measured["device"]) == (
-        "tight", False, 1, "cpu")
+        "tight",
+        False,
+        1,
+        "cpu",
+    )
     shape = flops.shape_from_config(tiny_config("llama", d_ff=52))
     assert measured["flops_per_token"] == pytest.approx(flops.decode_flops_per_token(shape, 6, 3))
     assert rows[("m/selective/35/0", "prefill")]["flops_per_token"] == pytest.approx(
-        flops.prefill_flops_per_token(shape, 6, 1))
+        flops.prefill_flops_per_token(shape, 6, 1)
+    )
     # labelled variants reuse the measurement, say so, and carry their own identity
-    random_row, recovered_row = rows[("m/random/35/7", "decode")], rows[("m/selective/35/0/recovered", "decode")]
+    random_row, recovered_row = (
+        rows[("m/random/35/7", "decode")],
+        rows[("m/selective/35/0/recovered", "decode")],
+    )
     assert random_row["tokens_per_s"] == measured["tokens_per_s"]
     assert random_row["measured_variant"] == recovered_row["measured_variant"] == "m/selective/35/0"
     assert (random_row["method"], random_row["seed"], random_row["level_pct"]) == ("random", 7, 35.0)
@@ -277,11 +358,28 @@ def write_rows(path: Path, variant: str, tps: dict[int, float], flops_per_token:
         for phase in bench.PHASES:
             row = {name: None for name in bench._schema()}
             row.update(bench._variant_fields(variant))
-            row.update(batch_size=batch, phase=phase, params_total=100, params_mlp=60, bytes_on_disk=400,
-                       peak_memory_bytes=1000, tokens_per_s=value, tokens_per_s_q1=value, tokens_per_s_q3=value,
-                       tokens_per_cpu_s=value / 2, flops_per_token=flops_per_token, device="cpu",
-                       engine="tight", compiled=False, static_cache=True, threads=1, prompt_tokens=6,
-                       new_tokens=3, measured_variant=variant)
+            row.update(
+                batch_size=batch,
+                phase=phase,
+                params_total=100,
+                params_mlp=60,
+                bytes_on_disk=400,
+                peak_memory_bytes=1000,
+                tokens_per_s=value,
+                tokens_per_s_q1=value,
+                tokens_per_s_q3=value,
+                tokens_per_cpu_s=value / 2,
+                flops_per_token=flops_per_token,
+                bytes_per_token=flops_per_token / 10,
+                device="cpu",
+                engine="tight",
+                compiled=False,
+                static_cache=True,
+                threads=1,
+                prompt_tokens=6,
+                new_tokens=3,
+                measured_variant=variant,
+            )
             row.update(settings)
             rows.append(row)
     write_parquet(pl.DataFrame(rows, schema_overrides=bench._schema()), path)
@@ -300,6 +398,7 @@ def test_gather_computes_speedups_against_the_base(tmp_path):
     assert (b8["ideal_speedup"], b8["measured_speedup"], b8["realised_fraction"]) == (1.0, 1.0, None)
     assert p1["ideal_speedup"] == pytest.approx(1.5) and p1["measured_speedup"] == pytest.approx(1.1)
     assert p1["realised_fraction"] == pytest.approx(0.1 / 0.5)
+    assert p1["ideal_speedup_bytes"] == pytest.approx(1.5)
     assert p8["measured_speedup"] == pytest.approx(1.25) and p8["realised_fraction"] == pytest.approx(0.5)
     assert p8["measured_speedup_cpu_time"] == pytest.approx(1.25)
     assert got[("n/base", 1)]["measured_speedup"] == 1.0  # each model against its own base
@@ -307,7 +406,7 @@ def test_gather_computes_speedups_against_the_base(tmp_path):
     mismatched = write_rows(tmp_path / "t.parquet", "m/random/35/1", {1: 1.0}, 200.0, threads=2)
     with pytest.raises(DataError, match="no base row for model 'm' with the settings of 'm/random/35/1'"):
         bench.gather([base, mismatched])
-    with pytest.raises(DataError, match="has 2 rows for batch 1"):
+    with pytest.raises(DataError, match="'m/selective/35/0' has 2 rows for batch 1 decode"):
         bench.gather([base, pruned, pruned])
     with pytest.raises(DataError, match="no base row for model 'm'"):
         bench.gather([pruned])
@@ -324,11 +423,16 @@ def test_bench_base_and_pruned_end_to_end(tmp_path, monkeypatch):
     assert measure(base, "m/base", tmp_path / "b.parquet") == 0
     assert measure(pruned, "m/selective/35/0", tmp_path / "p.parquet") == 0
     final = tmp_path / "efficiency.parquet"
-    assert run_cli("gather", str(tmp_path / "b.parquet"), str(tmp_path / "p.parquet"), "--output", str(final)) == 0
+    assert (
+        run_cli("gather", str(tmp_path / "b.parquet"), str(tmp_path / "p.parquet"), "--output", str(final))
+        == 0
+    )
     df = pl.read_parquet(final)
     assert df.height == 4 and df["ideal_speedup"].null_count() == 0
     pruned_rows = df.filter(variant="m/selective/35/0")
-    assert (pruned_rows["ideal_speedup"] > 1).all() and (pruned_rows["params_total"] < df["params_total"].max()).all()
+    assert (pruned_rows["ideal_speedup"] > 1).all() and (
+        pruned_rows["params_total"] < df["params_total"].max()
+    ).all()
 
 
 def test_label_checkpoint_with_other_shapes_is_refused(tmp_path):
@@ -337,8 +441,14 @@ def test_label_checkpoint_with_other_shapes_is_refused(tmp_path):
     a = save(tiny_model("llama", d_ff=52), tmp_path / "a")
     b = save(tiny_model("llama", d_ff=60), tmp_path / "b")
     with pytest.raises(ModelError, match="different shapes"):
-        bench.measure_variant(a, "m/selective/10/0", BenchConfig(**TINY_BENCH), device="cpu",
-                              label_variants=["m/random/10/1"], label_checkpoints=[str(b)])
+        bench.measure_variant(
+            a,
+            "m/selective/10/0",
+            BenchConfig(**TINY_BENCH),
+            device="cpu",
+            label_variants=["m/random/10/1"],
+            label_checkpoints=[str(b)],
+        )
     with pytest.raises(DataError, match="--variant 'nonsense'"):
         bench.measure_variant(a, "nonsense", BenchConfig(**TINY_BENCH), device="cpu")
 
@@ -348,12 +458,22 @@ def test_bench_plan_covers_every_variant_once(allocation):
     from taskprune.config import validate_config
     from taskprune.grid import all_variants
 
-    cfg = validate_config({
-        "tasks": {"math": {"kind": "math"}, "conversation": {"kind": "conversation"}, "qna": {"kind": "qna"}},
-        "models": {"m": {"task": "math"}},
-        "pruning": {"levels": [10, 20], "methods": ["selective", "random"], "seeds": [1, 2],
-                    "allocation": allocation},
-    })
+    cfg = validate_config(
+        {
+            "tasks": {
+                "math": {"kind": "math"},
+                "conversation": {"kind": "conversation"},
+                "qna": {"kind": "qna"},
+            },
+            "models": {"m": {"task": "math"}},
+            "pruning": {
+                "levels": [10, 20],
+                "methods": ["selective", "random"],
+                "seeds": [1, 2],
+                "allocation": allocation,
+            },
+        }
+    )
     plan = bench.bench_plan(cfg)
     labelled = [v for members in plan.values() for v in members]
     assert sorted(labelled) == sorted(v.path for v in all_variants(cfg))

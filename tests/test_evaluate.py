@@ -325,3 +325,24 @@ def test_metric_rows_cover_contract_names():
     assert rows["pass@1"][2] == 2  # n counts tasks
     names = collections.Counter(r[0] for r in task_metric_rows("code", df.head(2).with_columns(id=pl.Series(["a", "b"])), 1))
     assert set(names) == {"accuracy", "pass@1", "trap_rate", "mean_new_tokens"}
+
+
+def test_evaluate_code_with_samples(workspace):
+    """n_samples > 1: each code task is sampled n times and pass@k rows come from the unbiased estimator."""
+    root, data, rows = workspace
+    options = {"evaluation": {"max_new_tokens": {"code": 8}, "n_samples": 3, "sandbox": {"workers": 2}},
+               "device": "cpu"}
+    out = root / "eval" / "samples"
+    rc = main(["evaluate", "--variant", "tiny/base", "--model-path", str(root / "base_model"), "--out-dir", str(out),
+               "--task", f"code=code:{data / 'code' / 'eval.parquet'}", "--options", json.dumps(options),
+               "--no-progress"])
+    assert rc == 0
+    df = pl.read_parquet(out / "code.parquet")
+    assert df.height == 3 * len(rows["code"])
+    assert sorted(df.group_by("id").len()["len"].to_list()) == [3] * len(rows["code"])
+    assert df.group_by("id").agg(pl.col("sample").sort())["sample"].to_list() == [[0, 1, 2]] * len(rows["code"])
+    metrics = pl.read_parquet(out / "metrics.parquet")
+    names = set(metrics["metric"].to_list())
+    assert {"accuracy", "pass@1", "pass@3", "trap_rate", "mean_new_tokens"} <= names
+    per_task = df.group_by("id").agg(pl.col("correct").mean())["correct"].mean()
+    assert metrics.filter(pl.col("metric") == "pass@1")["value"].item() == pytest.approx(per_task)

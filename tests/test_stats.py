@@ -319,6 +319,13 @@ def test_corrupt_and_empty_datasets_fail_with_one_line(tmp_path, capsys):
     assert "not a readable Parquet" in run_cli_error(capsys, [*base, "--data", str(corrupt)])
     assert "no prompts with for_stats true" in run_cli_error(capsys, [*base, "--data", str(empty)])
     assert "missing column(s) prompt" in run_cli_error(capsys, [*base, "--data", str(no_prompt)])
+    good = write_dataset(tmp_path / "good.parquet", ["w1 w2"])
+    missing = ["stats", "--model-path", str(tmp_path / "nope"), "--data", str(good), "--output", str(tmp_path / "o.parquet")]
+    assert "model directory not found" in run_cli_error(capsys, missing)
+    no_tokenizer = tmp_path / "weights-only"
+    tiny_model("llama", vocab_size=VOCAB).save_pretrained(no_tokenizer)
+    missing[2] = str(no_tokenizer)
+    assert "cannot load the tokenizer" in run_cli_error(capsys, missing)
     assert not (tmp_path / "o.parquet").exists()
 
 

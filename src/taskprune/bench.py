@@ -31,6 +31,11 @@ How the numbers are measured:
   The tight engine does not compile (measured slower on CPU: the in-place KV-cache writes are
   functionalised into copies); the ``compiled`` column records what was actually used.
 
+Next to the FLOP ideal, rows carry a lower bound on the bytes moved per token (weights once per forward,
+plus the KV cache each decode step reads) and the gather step its ideal ratio ``ideal_speedup_bytes``:
+decoding at batch 32 reads more KV cache than weights at the embedded shapes, and the KV cache does not
+shrink when MLP neurons are pruned, so a bandwidth-bound decode cannot reach the FLOP ideal.
+
 Timings on a shared machine are noisy: rows carry the 1-minute load average when they were taken and a
 CPU-time throughput (``tokens_per_cpu_s``, less sensitive to neighbours than wall time) next to the wall
 time one.
@@ -96,6 +101,7 @@ GATHERED_COLUMNS: tuple[str, ...] = (
     "realised_fraction",
     "measured_speedup_cpu_time",
     "realised_fraction_cpu_time",
+    "ideal_speedup_bytes",
 )
 # Settings that must be equal for a variant's row to be compared with a base row.
 SETTING_COLUMNS: tuple[str, ...] = (
@@ -575,7 +581,14 @@ def _worker_throughput(spec: dict[str, Any]) -> dict[str, Any]:
         "device": device.type,
         "device_name": _device_name(device),
         "torch_version": torch.__version__,
+        "dtype_bytes": int(engine_dtype_bytes(engine)),
     }
+
+
+def engine_dtype_bytes(engine: Any) -> int:
+    """Bytes per element of the weights the engine multiplies by."""
+    weight = engine.embed if isinstance(engine, TightEngine) else engine.model.get_input_embeddings().weight
+    return int(weight.element_size())
 
 
 def _worker_main(argv: Sequence[str]) -> int:
@@ -665,7 +678,13 @@ def measure_variant(
     """
     import polars as pl
 
-    from taskprune.flops import decode_flops_per_token, param_counts, prefill_flops_per_token
+    from taskprune.flops import (
+        decode_bytes_per_token,
+        decode_flops_per_token,
+        param_counts,
+        prefill_bytes_per_token,
+        prefill_flops_per_token,
+    )
 
     if label_checkpoints and len(label_checkpoints) != len(label_variants):
         raise DataError(
@@ -736,11 +755,14 @@ def measure_variant(
                     res["engine"],
                     res["load_avg_1m"],
                 )
-                flops = (
-                    prefill_flops_per_token(shape, bench.prompt_tokens, logits_positions=1)
-                    if phase == "prefill"
-                    else decode_flops_per_token(shape, bench.prompt_tokens, bench.new_tokens)
-                )
+                if phase == "prefill":
+                    flops = prefill_flops_per_token(shape, bench.prompt_tokens, logits_positions=1)
+                    traffic = prefill_bytes_per_token(shape, batch, bench.prompt_tokens, res["dtype_bytes"])
+                else:
+                    flops = decode_flops_per_token(shape, bench.prompt_tokens, bench.new_tokens)
+                    traffic = decode_bytes_per_token(
+                        shape, batch, bench.prompt_tokens, bench.new_tokens, res["dtype_bytes"]
+                    )
                 rows.append(
                     {
                         "batch_size": batch,
@@ -754,6 +776,7 @@ def measure_variant(
                         "tokens_per_cpu_s": res["tokens_per_cpu_s"],
                         "tokens_per_s_repeats": res["tokens_per_s_repeats"],
                         "flops_per_token": float(flops),
+                        "bytes_per_token": float(traffic),
                         "mlp_widths": list(shape.mlp_widths),
                         "device": res["device"],
                         "device_name": res["device_name"],
@@ -803,6 +826,7 @@ def _schema() -> dict[str, Any]:
         "tokens_per_cpu_s": pl.Float64,
         "tokens_per_s_repeats": pl.List(pl.Float64),
         "flops_per_token": pl.Float64,
+        "bytes_per_token": pl.Float64,
         "mlp_widths": pl.List(pl.Int64),
         "device": pl.String,
         "device_name": pl.String,
@@ -834,7 +858,9 @@ def gather(paths: Sequence[str | os.PathLike[str]]) -> Any:
     ``ideal_speedup = flops_per_token(base) / flops_per_token(variant)``, ``measured_speedup =
     tokens_per_s(variant) / tokens_per_s(base)`` at the same device, batch size, phase and settings, and
     ``realised_fraction = (measured - 1) / (ideal - 1)`` (null where the ideal is 1, e.g. the base itself).
-    The ``*_cpu_time`` twins use CPU-time throughput instead (CPU only).
+    The ``*_cpu_time`` twins use CPU-time throughput instead (CPU only); ``ideal_speedup_bytes`` is the
+    base/variant ratio of the memory-traffic lower bound (:func:`taskprune.flops.decode_bytes_per_token`),
+    the ideal of a bandwidth-bound phase.
     """
     import polars as pl
 
@@ -846,7 +872,12 @@ def gather(paths: Sequence[str | os.PathLike[str]]) -> Any:
         read_parquet(p, required=_per_variant_order(), what="per-variant benchmark file") for p in paths
     ]
     df = pl.concat([f.select(_per_variant_order()) for f in frames], how="vertical_relaxed")
-    dup = df.group_by(["variant", "batch_size", "phase", "device"]).len().filter(pl.col("len") > 1)
+    dup = (
+        df.group_by(["variant", "batch_size", "phase", "device"])
+        .len()
+        .filter(pl.col("len") > 1)
+        .sort(["variant", "batch_size", "phase"])
+    )
     if dup.height:
         first = dup.row(0, named=True)
         raise DataError(
@@ -859,6 +890,7 @@ def gather(paths: Sequence[str | os.PathLike[str]]) -> Any:
         pl.col("tokens_per_s").alias("_base_tps"),
         pl.col("tokens_per_cpu_s").alias("_base_cpu_tps"),
         pl.col("flops_per_token").alias("_base_flops"),
+        pl.col("bytes_per_token").alias("_base_bytes"),
     )
     joined = df.join(base, on=keys, how="left", nulls_equal=True)
     missing = joined.filter(pl.col("_base_tps").is_null())
@@ -878,6 +910,7 @@ def gather(paths: Sequence[str | os.PathLike[str]]) -> Any:
     measured_cpu = pl.col("tokens_per_cpu_s") / pl.col("_base_cpu_tps")
     out = joined.with_columns(
         ideal.alias("ideal_speedup"),
+        (pl.col("_base_bytes") / pl.col("bytes_per_token")).alias("ideal_speedup_bytes"),
         measured.alias("measured_speedup"),
         measured_cpu.alias("measured_speedup_cpu_time"),
     ).with_columns(

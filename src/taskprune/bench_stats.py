@@ -254,12 +254,11 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from taskprune.config import StatsConfig
-    from taskprune.modeling import load_model, load_tokenizer
+    from taskprune.stats import load_model_and_tokenizer
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
-    model = load_model(spec["model_path"], spec["device"])
-    tokenizer = load_tokenizer(spec["model_path"], padding_side="right")
+    model, tokenizer = load_model_and_tokenizer(spec["model_path"], spec["device"])
     device = next(model.parameters()).device
     rss_before = _status_bytes("VmRSS") or 0
     phase_peak = _reset_peak_rss()  # from here on VmHWM is the peak of data loading + collection
@@ -338,10 +337,9 @@ def benchmark_model(
     """All rows for one model."""
     import torch
 
-    from taskprune.modeling import load_model, load_tokenizer
+    from taskprune.stats import load_model_and_tokenizer
 
-    model = load_model(model_path, device)
-    tokenizer = load_tokenizer(model_path, padding_side="right")
+    model, tokenizer = load_model_and_tokenizer(model_path, device)
     dev = next(model.parameters()).device
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     batches = prepare_batches(tokenizer, cycled_prompts(data, throughput_prompts), stats_cfg, chat_template)

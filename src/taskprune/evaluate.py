@@ -490,9 +490,9 @@ def task_metric_rows(kind: str, df: Any, n_samples: int = 1) -> list[tuple[str, 
             rows.append(proportion_row("accuracy", df["correct"].to_list()))
             rows.append(proportion_row("pass@1", df["correct"].to_list()))
         else:
-            per_task = df.group_by("id", maintain_order=True).agg(
-                n=_pl().len(), c=_pl().col("correct").sum()
-            )
+            import polars as pl
+
+            per_task = df.group_by("id", maintain_order=True).agg(n=pl.len(), c=pl.col("correct").sum())
             ns, cs = per_task["n"].to_list(), per_task["c"].to_list()
             for k in sorted({1, 10, 100} | {n_samples}):
                 if k > n_samples:
@@ -512,12 +512,6 @@ def task_metric_rows(kind: str, df: Any, n_samples: int = 1) -> list[tuple[str, 
     rows.append(proportion_row("trap_rate", df["hit_limit"].to_list()))
     rows.append(mean_row("mean_new_tokens", [float(x) for x in df["n_tokens"].to_list()]))
     return rows
-
-
-def _pl() -> Any:
-    import polars as pl
-
-    return pl
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -675,9 +669,8 @@ def run(args: argparse.Namespace) -> int:
             df = tables[task]
             n_samples = evaluation.n_samples if kind == "code" else 1
             if n_samples > 1:
-                df = df.select(pl.all().repeat_by(n_samples).flatten()).with_columns(
-                    sample=pl.int_range(pl.len()).over("id").cast(pl.Int64)
-                )
+                copies = [df.with_row_index("_row").with_columns(sample=pl.lit(s, dtype=pl.Int64)) for s in range(n_samples)]
+                df = pl.concat(copies).sort(["_row", "sample"]).drop("_row")
             gens = generate(
                 model, tokenizer, df["prompt"].to_list(), _max_new_tokens(evaluation, task, kind),
                 stop_strings=stop_strings_for(kind, code_style), batch_size=evaluation.batch_size,

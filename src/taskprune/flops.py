@@ -22,6 +22,11 @@ Conventions (one token, ``d`` = hidden size, ``f_l`` = MLP width of layer ``l``,
 Prefill of ``T`` prompt tokens: position ``i`` (1-based) attends to ``i`` keys, so the mean context is
 ``(T + 1) / 2`` (the useful, causal FLOPs; a dense kernel that masks computes ``T`` per position).
 Decode of ``N`` tokens after a ``T``-token prompt: step ``s`` (1-based) attends to ``T + s`` keys.
+
+FLOPs are the right yardstick when a phase is compute-bound (prefill, large batches). Decoding is often
+bound by memory traffic instead, so the module also gives a lower bound on the bytes moved per token
+(weights once per forward, shared by the batch, plus every sequence's cached keys and values), whose
+base/variant ratio is the ideal speedup of a bandwidth-bound phase.
 """
 
 from __future__ import annotations
@@ -256,3 +261,44 @@ def decode_flops_per_token(shape: ModelShape, prompt_tokens: int, new_tokens: in
         raise ValueError(f"need new_tokens >= 1 and prompt_tokens >= 0, got {new_tokens}, {prompt_tokens}")
     steps = range(prompt_tokens + 1, prompt_tokens + new_tokens + 1)
     return sum(flops_per_token(shape, c) for c in steps) / new_tokens
+
+
+# ------------------------------------------------------------------------------- memory traffic
+
+
+def weight_bytes(shape: ModelShape, dtype_bytes: int) -> int:
+    """Bytes of the matrices a forward pass multiplies by (projections, MLPs, LM head), each read once."""
+    return matmul_flops_per_token(shape, with_logits=True) // 2 * dtype_bytes
+
+
+def kv_bytes(shape: ModelShape, context: int, dtype_bytes: int) -> int:
+    """Bytes of cached keys and values one query token reads at ``context`` (sliding windows capped):
+    ``2 * K * h * min(c, w)`` elements per layer."""
+    total = 0
+    for window in shape.attention_windows:
+        keys = context if window is None else min(context, window)
+        total += 2 * shape.kv_width * keys
+    return total * dtype_bytes
+
+
+def prefill_bytes_per_token(
+    shape: ModelShape, batch_size: int, prompt_tokens: int, dtype_bytes: int
+) -> float:
+    """Lower bound on memory traffic per prompt token of a batched prefill: the weights once per forward
+    (shared by ``batch_size * prompt_tokens`` tokens) plus the token's own key/value write."""
+    return weight_bytes(shape, dtype_bytes) / (batch_size * prompt_tokens) + kv_bytes(shape, 1, dtype_bytes)
+
+
+def decode_bytes_per_token(
+    shape: ModelShape, batch_size: int, prompt_tokens: int, new_tokens: int, dtype_bytes: int
+) -> float:
+    """Lower bound on memory traffic per generated token of batched decoding: the weights once per step
+    (shared by the ``batch_size`` sequences) plus the sequence's own cached keys and values, read at every
+    step (mean over steps ``s = 1..new_tokens`` at context ``prompt_tokens + s``).
+
+    At small hidden sizes and batch 32 the KV-cache term dominates and does not shrink with the MLP, so
+    when decoding is bandwidth-bound the achievable speedup follows this ratio, not the FLOP ratio.
+    """
+    steps = range(prompt_tokens + 1, prompt_tokens + new_tokens + 1)
+    kv = sum(kv_bytes(shape, c, dtype_bytes) for c in steps) / new_tokens
+    return weight_bytes(shape, dtype_bytes) / batch_size + kv

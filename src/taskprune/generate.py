@@ -165,6 +165,10 @@ def _generate_batch(
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
 
+    # Without padding the mask carries no information: dropping it (as ``generate`` does) lets the model
+    # use its plain causal path, which is cheaper per step.
+    use_mask = not bool(attention_mask.all())
+
     cache = DynamicCache(config=model.config)
     cache_kw, prefill_kw = _forward_kwargs(model, cache)
     eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device) if eos_ids else None
@@ -173,7 +177,7 @@ def _generate_batch(
     stopped = [False] * batch
     active = list(range(batch))  # original row index of each row still in the batch
     logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+        input_ids=input_ids, attention_mask=attention_mask if use_mask else None, position_ids=position_ids,
         use_cache=True, **cache_kw, **prefill_kw,
     ).logits[:, -1, :]  # [B, vocab]
     last_position = position_ids[:, -1:]  # [B, 1]
@@ -201,11 +205,12 @@ def _generate_batch(
             attention_mask, last_position = attention_mask[keep_t], last_position[keep_t]
             next_ids = next_ids[keep_t]
             active = [active[k] for k in keep]
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(active), 1))], dim=-1)
+        if use_mask:
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(active), 1))], dim=-1)
         last_position = last_position + 1
         logits = model(
-            input_ids=next_ids[:, None], attention_mask=attention_mask, position_ids=last_position,
-            use_cache=True, **cache_kw,
+            input_ids=next_ids[:, None], attention_mask=attention_mask if use_mask else None,
+            position_ids=last_position, use_cache=True, **cache_kw,
         ).logits[:, -1, :]
     return list(zip(new_tokens, stopped, strict=True))
 

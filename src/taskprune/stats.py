@@ -154,7 +154,7 @@ def tokenize_prompts(
     *,
     max_length: int,
     chat_template: bool = False,
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
 ) -> TokenizedPrompts:
     """Tokenize like generation does: the plain prompt with the tokenizer's special tokens (BOS), or the
     chat template's rendering of one user message with the generation prompt (its own special tokens).
@@ -565,6 +565,25 @@ def _chat_template_option(model_section: Any, source: str) -> bool:
     return value
 
 
+def load_model_and_tokenizer(path: Any, device: str = "auto") -> tuple[Any, Any]:
+    """The model (checked and loaded by :mod:`taskprune.modeling`) and its tokenizer; a tokenizer with
+    neither pad nor EOS token is fine here (padding is masked, so any id serves)."""
+    from taskprune.modeling import check_checkpoint_dir, load_model, load_tokenizer
+
+    check_checkpoint_dir(path)  # one-line ModelError for a missing/incomplete checkpoint
+    try:
+        try:
+            tokenizer = load_tokenizer(path, padding_side="right")
+        except ModelError:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"{path}: cannot load the tokenizer ({first})") from exc
+    return load_model(path, device), tokenizer
+
+
 def _chat_template_flag(value: Any) -> bool:
     """The top-level ``chat_template`` option (what the stats rule passes), validated."""
     if not isinstance(value, bool):
@@ -588,7 +607,6 @@ def run(args: Any) -> int:
 
     from taskprune.config import StatsConfig, stage_options
     from taskprune.io import write_parquet
-    from taskprune.modeling import load_model, load_tokenizer
 
     sections = {"stats": StatsConfig, "device": "auto", "chat_template": False, "model": None}
     opts = stage_options(args, sections, model=args.model)
@@ -598,13 +616,7 @@ def run(args: Any) -> int:
     cfg: StatsConfig = opts.stats
 
     prompts = load_prompts(args.data)
-    try:
-        tokenizer = load_tokenizer(args.model_path, padding_side="right")
-    except ModelError:  # neither pad nor EOS token: fine here, padding is masked and any id serves
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(args.model_path))
-    model = load_model(args.model_path, opts.device)
+    model, tokenizer = load_model_and_tokenizer(args.model_path, opts.device)
     tokenized = tokenize_prompts(tokenizer, prompts, max_length=cfg.max_length, chat_template=chat_template)
     log.info(
         "%s on %s: %d prompts, %d tokens, %s %s",
