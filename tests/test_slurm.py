@@ -4,10 +4,10 @@ Skipped unless a cluster answers ``sinfo`` or ``TASKPRUNE_SLURM=1`` is set; with
 no cluster answering, the test brings up the single-node cluster of ``.ci/slurm-up.sh`` itself (as root)
 and tears it down afterwards with ``.ci/slurm-down.sh``.
 
-The run uses profiles/slurm as it is, with three CI-only changes written to a derived profile next to it:
-memory requests (sized for 7B models) capped at half the node's memory, GPU requests dropped when the node
-has no GPU GRES (the CI node advertises placeholder GPUs, so they are kept there), and the sbatch logs of
-successful jobs kept as evidence. The evidence that every job went through SLURM comes from SLURM itself:
+The run uses profiles/slurm as it is, with CI-only changes written to a derived profile next to it: memory
+requests (sized for 7B models) capped at half the node's memory, GPU requests dropped when the node has no
+GPU GRES (the CI node advertises placeholder GPUs, so they are kept there), the sbatch logs of successful
+jobs kept as evidence and a short first status check; and ``--cores 1`` (one CPU per job). The evidence that every job went through SLURM comes from SLURM itself:
 each job of Snakemake's plan (but the local target rule ``all``) has an sbatch submission in Snakemake's
 log, a SLURM job in state COMPLETED under the run's job name, with the rule in its comment and the
 profile's wall time, and an sbatch log file.
@@ -88,7 +88,9 @@ def _snakemake(workdir: Path, *args: str, timeout: int = 3600) -> subprocess.Com
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     env.setdefault("HF_HUB_OFFLINE", "1")
-    cmd = [sys.executable, "-m", "snakemake", "--configfile", "config/smoke.yaml", *args]
+    # --cores 1 caps every job at one thread (one CPU per sbatch job), so two jobs run side by side on the
+    # CI node's 2 CPUs; on a cluster the profile's set-threads apply up to the login node's cores.
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "config/smoke.yaml", *args]
     return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -2,22 +2,34 @@
 
 
 def score_inputs(wildcards):
+    """Contrastive scores read the distractor statistics; the others only the target's, so adding a
+    distractor set reruns selectivity and taker but not wanda, magnitude or random."""
+    from taskprune.scores import NEEDS_DISTRACTORS
+
     m = model_cfg(wildcards.model)
+    contrastive = wildcards.score in NEEDS_DISTRACTORS
     return {
         "target": f"results/stats/{wildcards.model}/{m.task}.parquet",
-        "distractors": [f"results/stats/{wildcards.model}/{d}.parquet" for d in m.distractors],
+        "distractors": [f"results/stats/{wildcards.model}/{d}.parquet" for d in m.distractors]
+        if contrastive
+        else [],
     }
+
+
+def score_options(wildcards):
+    keys = {"epsilon": CFG.scores.epsilon}
+    if wildcards.score == "random":
+        keys["random_seed"] = CFG.scores.random_seed
+    return options(scores=keys)
 
 
 rule scores:
     input:
         unpack(score_inputs),
-        model=model_input,
     output:
         "results/scores/{model}/{score}.parquet",
     params:
-        model_path=lambda w: model_path(w.model),
-        opts=lambda w: options(scores=CFG.scores),
+        opts=score_options,
         src=source_hash("scores", "arch"),
     wildcard_constraints:
         score="|".join(SCORE_METHODS_USED),
@@ -28,5 +40,5 @@ rule scores:
         runtime=10,
     shell:
         "taskprune scores --method {wildcards.score} --target {input.target} "
-        "--distractors {input.distractors} --model-path {params.model_path:q} "
+        "--distractors {input.distractors} "
         "--out {output} --options {params.opts:q} > {log} 2>&1"
