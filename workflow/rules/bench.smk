@@ -79,7 +79,7 @@ rule bench_stats:
         runtime=30,
     shell:
         TORCH_ENV + " taskprune bench-stats --model-path {params.model_path:q} --data {input.data} "
-        "--out {output} --options {params.opts:q} > {log} 2>&1"
+        "--rounds 3 --out {output} --options {params.opts:q} > {log} 2>&1"
 
 
 rule bench_generation:

@@ -7,7 +7,7 @@ def score_inputs(wildcards):
     from taskprune.scores import NEEDS_DISTRACTORS
 
     m = model_cfg(wildcards.model)
-    contrastive = wildcards.score in NEEDS_DISTRACTORS
+    contrastive = NEEDS_DISTRACTORS[wildcards.score]
     return {
         "target": f"results/stats/{wildcards.model}/{m.task}.parquet",
         "distractors": [f"results/stats/{wildcards.model}/{d}.parquet" for d in m.distractors]
