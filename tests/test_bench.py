@@ -449,6 +449,8 @@ def test_label_checkpoint_with_other_shapes_is_refused(tmp_path):
             label_variants=["m/random/10/1"],
             label_checkpoints=[str(b)],
         )
+    with pytest.raises(ModelError, match="nobody/nothing: not a local checkpoint"):
+        bench.measure_variant("nobody/nothing", "m/base", BenchConfig(**TINY_BENCH), device="cpu")
     with pytest.raises(DataError, match="--variant 'nonsense'"):
         bench.measure_variant(a, "nonsense", BenchConfig(**TINY_BENCH), device="cpu")
 

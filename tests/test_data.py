@@ -104,7 +104,7 @@ def _recompute(a: int, op: str, b: int) -> Fraction:
 def test_every_math_answer_is_the_value_of_its_reasoning():
     rng = random.Random(123)
     words = data.load_words()
-    templates = set()
+    templates, step_counts = set(), set()
     for _ in range(3000):
         item = data.make_math(rng, words)
         templates.add(item["template"])
@@ -118,8 +118,11 @@ def test_every_math_answer_is_the_value_of_its_reasoning():
             value = _recompute(int(a), op, int(b))
             assert value.denominator == 1 and value == int(c), line  # integer result, computed right
             assert 0 <= value <= data.MATH_MAX_VALUE
+            # the difficulty rules: single-digit second operands, multiplication-table products/quotients
+            assert 1 <= int(b) <= 9 and (op != "*" or int(a) <= 9) and (op != "/" or int(c) <= 9), line
             equations.append((int(a), op, int(b), int(c)))
         assert 2 <= len(equations) <= 4
+        step_counts.add(len(equations))
         # the final answer is the last step's result
         assert int(item["reference"]) == equations[-1][3]
         # every operand comes from the question or an earlier step; every number of the question is used
@@ -133,6 +136,7 @@ def test_every_math_answer_is_the_value_of_its_reasoning():
         assert set(given) <= used, (item["question"], item["answer"])
         assert data.math_reference(item["answer"]) == item["reference"]
     assert templates == set(data.MATH_TEMPLATES) and len(templates) >= 8
+    assert step_counts == {2, 3, 4}
 
 
 def test_math_rows_format(suites):

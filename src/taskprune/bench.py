@@ -17,19 +17,22 @@ How the numbers are measured:
 - **Peak memory at batch 1**: on CUDA the allocator's peak (``torch.cuda.max_memory_allocated``) over
   loading and one generation; on CPU the peak resident set size (``ru_maxrss``) of a fresh process that
   loads the model and generates, minus that of a fresh process that imports the same libraries and runs
-  the same warm-up without a model (median over up to 3 pairs).
+  the same warm-up without a model (median over up to 3 pairs). It is the process's peak, so it includes
+  loading transients such as the memory-mapped pages of the weight file, not just the tensors.
 - **Prefill** tokens/s: ``batch x prompt_tokens / time`` of the forward pass over random prompts (no
   padding) that fills the KV cache and picks the first token. **Decode** tokens/s:
   ``batch x new_tokens / time`` of ``new_tokens`` greedy one-token steps after that prefill (untimed).
 - **The generation path** is the same for base and pruned models. ``engine: tight`` (the default for
   Llama, Qwen2 and Mistral) runs the decoder from the model's own weights with fused q/k/v and gate/up
   projections, residual adds fused into ``addmm``, a preallocated (static) KV cache and PyTorch's fused
-  attention, so a decode step is ~15 kernel calls per layer instead of stock transformers' ~60 (whose
-  per-call overhead swamps small models); it is checked token-for-token against ``model.generate``.
+  attention, so a decode step is ~15 kernel calls per layer, several times fewer than the stock forward
+  (whose per-call overhead swamps small models); the tests check it token for token against greedy
+  decoding with the stock model.
   ``engine: hf`` runs the stock model forward with a ``StaticCache`` (``bench.static_cache``) and
   ``torch.compile`` of the decode step (``bench.compile``); it serves every other architecture.
-  The tight engine does not compile (measured slower on CPU: the in-place KV-cache writes are
-  functionalised into copies); the ``compiled`` column records what was actually used.
+  The tight engine is not compiled: a compiled prototype of its decode step was about 3x slower on this
+  CPU than eager (probably because the in-place KV-cache writes become copies in the compiled graph);
+  the ``compiled`` column records what was actually used.
 
 Next to the FLOP ideal, rows carry a lower bound on the bytes moved per token (weights once per forward,
 plus the KV cache each decode step reads) and the gather step its ideal ratio ``ideal_speedup_bytes``:
@@ -72,7 +75,7 @@ WORKER_TIMEOUT_S = 3600  # generous: torch.compile on a loaded CPU takes minutes
 TIGHT_MODEL_TYPES = ("llama", "qwen2", "mistral")
 TIGHT_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # position-independent cos/sin tables
 
-# Columns of results/bench/efficiency.parquet fixed by the contract (the gather step adds the last four).
+# Columns of results/bench/efficiency.parquet fixed by the contract (the speedups come from `gather`).
 CONTRACT_COLUMNS: tuple[str, ...] = (
     "variant",
     "model",
@@ -170,17 +173,37 @@ def checkpoint_widths(path: str | os.PathLike[str], config: Any) -> list[int]:
     return [widths[i] for i in range(layers)]
 
 
+def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """A local checkpoint directory for ``path``: the directory itself, or for a hub id (the paper's base
+    models) its snapshot in the Hugging Face cache (downloaded only if it is not cached yet)."""
+    from taskprune.modeling import check_checkpoint_dir
+
+    local = check_checkpoint_dir(path)
+    if local is not None:
+        return local
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.bin", "*.model", "*.txt"]
+    try:
+        return Path(snapshot_download(str(path), allow_patterns=patterns, local_files_only=True))
+    except Exception:  # not cached: try the hub once
+        try:
+            return Path(snapshot_download(str(path), allow_patterns=patterns))
+        except Exception as exc:
+            raise ModelError(
+                f"{path}: not a local checkpoint and not fetchable from the hub ({exc})"
+            ) from None
+
+
 def checkpoint_shape(path: str | os.PathLike[str]) -> Any:
     """The :class:`~taskprune.flops.ModelShape` of a checkpoint directory, widths from its weights."""
     from transformers import AutoConfig
 
     from taskprune.flops import shape_from_config
-    from taskprune.modeling import check_checkpoint_dir
 
-    if check_checkpoint_dir(path) is None:
-        raise ModelError(f"{path}: bench needs a local checkpoint directory, not a hub id")
-    config = AutoConfig.from_pretrained(str(path))
-    return shape_from_config(config, checkpoint_widths(path, config))
+    local = resolve_checkpoint(path)
+    config = AutoConfig.from_pretrained(str(local))
+    return shape_from_config(config, checkpoint_widths(local, config))
 
 
 # ------------------------------------------------------------------------------------ engines
@@ -693,6 +716,7 @@ def measure_variant(
         )
     measured = _variant_fields(variant)
     labels = [measured] + [_variant_fields(v) for v in label_variants]
+    checkpoint = resolve_checkpoint(checkpoint)
     shape = checkpoint_shape(checkpoint)
     counts = param_counts(shape)
     disk = {measured["variant"]: bytes_on_disk(checkpoint)}
@@ -703,7 +727,7 @@ def measure_variant(
                 f"{path}: --label-checkpoint has different shapes from the measured {checkpoint} "
                 f"(MLP widths {list(other.mlp_widths)} vs {list(shape.mlp_widths)}); benchmark it separately"
             )
-        disk[fields["variant"]] = bytes_on_disk(path)
+        disk[fields["variant"]] = bytes_on_disk(resolve_checkpoint(path))
 
     common = {
         "checkpoint": str(checkpoint),
@@ -958,6 +982,7 @@ def compare_paired(
         return decode_flops_per_token(shape, bench.prompt_tokens, bench.new_tokens)
 
     ideal = phase_flops(base_checkpoint) / phase_flops(checkpoint)
+    local = {"base": resolve_checkpoint(base_checkpoint), "variant": resolve_checkpoint(checkpoint)}
     common = {
         "kind": "throughput", "device": device, "engine": engine, "threads": bench.threads,
         "prompt_tokens": bench.prompt_tokens, "new_tokens": bench.new_tokens, "static_cache": bench.static_cache,
@@ -967,9 +992,8 @@ def compare_paired(
     rows = []
     with tempfile.TemporaryDirectory(prefix="taskprune-compare-") as tmp:
         for r in range(rounds):
-            pair = [("base", base_checkpoint), ("variant", checkpoint)]
-            for which, path in pair if r % 2 == 0 else pair[::-1]:
-                res = _run_worker({**common, "checkpoint": str(path)}, Path(tmp), f"{which}{r}")
+            for which in ("base", "variant") if r % 2 == 0 else ("variant", "base"):
+                res = _run_worker({**common, "checkpoint": str(local[which])}, Path(tmp), f"{which}{r}")
                 rows.append(
                     {
                         "round": r,

@@ -7,8 +7,9 @@ so they fix what a task *is*. Two sources feed them:
   ``resources/synthetic/words.yaml`` and a seed, byte-identical on rerun.
 
   - ``math``: GSM8K-format word problems (``question``; ``answer`` = reasoning lines ending ``#### N``),
-    12 templates of 2-4 steps of ``+ - * /`` whose results are integers in [0, 99] and whose new operands
-    are single digits (sized so a tiny model can learn them in minutes on a CPU).
+    12 templates of 2-4 steps ``a op b = c`` of ``+ - * /`` with integer results in [0, 99]. Difficulty is
+    matched to a CPU-trained tiny model (``MATH_RULES``): ``b`` is a single digit, ``*`` and ``/`` stay
+    inside the multiplication table, ``+`` and ``-`` may start from a two-digit number.
   - ``code``: HumanEval-format tasks (``task_id, prompt, canonical_solution, test, entry_point``), the
     prompt a signature plus a docstring with examples, ``test`` a ``check(candidate)`` with asserts
     computed by executing the canonical solution; 16 families with parameter variation.
@@ -79,6 +80,10 @@ DEFAULT_FIELDS: dict[str, dict[str, str]] = {
 }
 
 MATH_MAX_VALUE = 99  # every intermediate and final result lies in [0, MATH_MAX_VALUE]
+MATH_MAX_OPERAND = 9  # second operands, factors and quotients are single digits
+MATH_RULES = (
+    "b in 1..9 for every step 'a op b'; '*': a in 0..9; '/': exact with quotient 0..9; results in 0..99"
+)
 
 
 class _Reject(Exception):
@@ -103,15 +108,24 @@ def load_words(path: str | None = None) -> dict[str, Any]:
 
 
 def _apply(a: int, op: str, b: int) -> int:
-    """``a op b`` with the suite's constraints: integer results in [0, MATH_MAX_VALUE]."""
+    """``a op b`` under the suite's difficulty rules (see ``MATH_RULES``); raises ``_Reject`` otherwise.
+
+    Every step takes a single-digit second operand ``b`` (1-9); ``*`` multiplies two single digits and
+    ``/`` divides exactly with a single-digit quotient (both are the multiplication table); ``+`` and
+    ``-`` may start from a two-digit number. All results lie in [0, MATH_MAX_VALUE].
+    """
+    if not 1 <= b <= MATH_MAX_OPERAND:
+        raise _Reject
     if op == "+":
         r = a + b
     elif op == "-":
         r = a - b
     elif op == "*":
+        if a > MATH_MAX_OPERAND:
+            raise _Reject
         r = a * b
     elif op == "/":
-        if b == 0 or a % b:
+        if a % b or a // b > MATH_MAX_OPERAND:
             raise _Reject
         r = a // b
     else:  # pragma: no cover - programming error
@@ -160,6 +174,11 @@ def _math_packs(rng: random.Random, w: dict[str, Any]) -> MathItem:
         left, e3 = _eq(left, "-", more)
         q += f" Then {a.p} gives {more} more {thing} to {c.name}."
         lines.append(f"After giving {more} to {c.name}, {a.p} has {e3} {thing}.")
+        if rng.random() < 0.5:
+            found = _d(rng, 1)
+            left, e4 = _eq(left, "+", found)
+            q += f" Later {a.p} finds {found} {thing}."
+            lines.append(f"After finding {found}, {a.p} has {e4} {thing}.")
     q += f" How many {thing} does {a.name} have left?"
     return q, lines, left
 
@@ -169,7 +188,7 @@ def _math_daily(rng: random.Random, w: dict[str, Any]) -> MathItem:
     thing = rng.choice(w["things"])
     start, per_day, days = _d(rng, 1), _d(rng), _d(rng)
     got, e1 = _eq(per_day, "*", days)
-    have, e2 = _eq(start, "+", got)
+    have, e2 = _eq(got, "+", start)
     q = f"{a.name} has {start} {thing}. Every day {a.p} collects {per_day} more {thing} for {days} days."
     lines = [f"In {days} days {a.name} collects {e1} {thing}.", f"{a.P} then has {e2} {thing}."]
     if rng.random() < 0.5:
@@ -204,15 +223,13 @@ def _math_wages(rng: random.Random, w: dict[str, Any]) -> MathItem:
     job, item = rng.choice(w["jobs"]), rng.choice(w["purchases"])
     rate, hours = _d(rng), _d(rng)
     earned, e1 = _eq(rate, "*", hours)
-    q = f"{a.name} earns ${rate} per hour {job}. {a.P} works {hours} hours"
-    lines = [f"{a.name} earns {e1} dollars in one day."]
-    if rng.random() < 0.4:
-        days = _d(rng, 2, 3)
-        earned, e2 = _eq(earned, "*", days)
-        q += f" on each of {days} days."
-        lines.append(f"In {days} days {a.p} earns {e2} dollars.")
-    else:
-        q += "."
+    q = f"{a.name} earns ${rate} per hour {job}. {a.P} works {hours} hours."
+    lines = [f"{a.name} earns {e1} dollars."]
+    if rng.random() < 0.5:
+        tip = _d(rng, 1)
+        earned, e2 = _eq(earned, "+", tip)
+        q += f" {a.P} also gets a tip of ${tip}."
+        lines.append(f"With the tip, {a.p} has {e2} dollars.")
     cost = _d(rng, 1)
     left, e3 = _eq(earned, "-", cost)
     q += f" Then {a.p} spends ${cost} on {item}. How many dollars does {a.name} have left?"
@@ -272,6 +289,11 @@ def _math_seats(rng: random.Random, w: dict[str, Any]) -> MathItem:
         ok, e3 = _eq(ok, "+", new)
         q += f" Then {new} new chairs are brought in."
         lines.append(f"With the new chairs, {e3} chairs can be used.")
+        if rng.random() < 0.6:
+            reserved = _d(rng, 1)
+            ok, e4 = _eq(ok, "-", reserved)
+            q += f" {reserved} chairs are reserved for guests."
+            lines.append(f"Without the reserved ones, {e4} chairs can be used.")
     q += " How many chairs can be used?"
     return q, lines, ok
 
@@ -289,8 +311,15 @@ def _math_garden(rng: random.Random, w: dict[str, Any]) -> MathItem:
         q += f" {b.name} plants {more} more {plant}."
         lines.append(f"With the ones {b.name} plants, there are {e2} {plant}.")
     grow, e3 = _eq(planted, "-", dead)
-    q += f" {dead} of the {plant} do not grow. How many {plant} grow?"
+    q += f" {dead} of the {plant} do not grow."
     lines.append(f"{e3} {plant} grow.")
+    if rng.random() < 0.5:
+        eaten = _d(rng, 1)
+        grow, e4 = _eq(grow, "-", eaten)
+        q += f" Rabbits eat {eaten} of the {plant} that grow. How many {plant} are left?"
+        lines.append(f"After the rabbits, {e4} {plant} are left.")
+    else:
+        q += f" How many {plant} grow?"
     return q, lines, grow
 
 
@@ -301,16 +330,14 @@ def _math_compare(rng: random.Random, w: dict[str, Any]) -> MathItem:
     y, e1 = _eq(x, "+", more)
     q = f"{a.name} has {x} {thing}. {b.name} has {more} more {thing} than {a.name}."
     lines = [f"{b.name} has {e1} {thing}."]
-    total, e2 = _eq(x, "+", y)
     if rng.random() < 0.5:
         fewer = _d(rng, 1)
-        z, e3 = _eq(y, "-", fewer)
-        q += f" {c.name} has {fewer} fewer {thing} than {b.name}. How many {thing} do the three of them have together?"
-        lines.append(f"{c.name} has {e3} {thing}.")
-        lines.append(f"{a.name} and {b.name} have {e2} {thing}.")
-        total, e4 = _eq(total, "+", z)
-        lines.append(f"Together they have {e4} {thing}.")
+        z, e2 = _eq(y, "-", fewer)
+        total, e3 = _eq(z, "+", x)
+        q += f" {c.name} has {fewer} fewer {thing} than {b.name}. How many {thing} do {c.name} and {a.name} have together?"
+        lines += [f"{c.name} has {e2} {thing}.", f"Together {c.name} and {a.name} have {e3} {thing}."]
     else:
+        total, e2 = _eq(y, "+", x)
         q += f" How many {thing} do {a.name} and {b.name} have together?"
         lines.append(f"Together they have {e2} {thing}.")
     return q, lines, total
@@ -336,33 +363,40 @@ def _math_liquid(rng: random.Random, w: dict[str, Any]) -> MathItem:
 def _math_groups(rng: random.Random, w: dict[str, Any]) -> MathItem:
     a, b = _people(rng, w, 2)
     thing, box = rng.choice(w["things"]), rng.choice(w["containers"])
-    n1, p1, n2, p2 = _d(rng), _d(rng), _d(rng), _d(rng)
-    t1, e1 = _eq(n1, "*", p1)
-    t2, e2 = _eq(n2, "*", p2)
-    total, e3 = _eq(t1, "+", t2)
-    q = (
-        f"{a.name} has {n1} {box} with {p1} {thing} in each. {b.name} has {n2} {box} with {p2} {thing} in each."
-        f" How many {thing} do they have together?"
-    )
-    lines = [f"{a.name} has {e1} {thing}.", f"{b.name} has {e2} {thing}.", f"Together they have {e3} {thing}."]
+    n1, n2, per = _d(rng, 1), _d(rng, 1), _d(rng)
+    boxes, e1 = _eq(n1, "+", n2)
+    total, e2 = _eq(boxes, "*", per)
+    q = f"{a.name} has {n1} {box} of {thing} and {b.name} gives {a.obj} {n2} more {box}. Each of the {box} holds {per} {thing}."
+    lines = [f"{a.name} now has {e1} {box}.", f"The {box} hold {e2} {thing}."]
+    if rng.random() < 0.5:
+        used = _d(rng, 1)
+        total, e3 = _eq(total, "-", used)
+        q += f" {a.P} uses {used} of the {thing}."
+        lines.append(f"After using {used}, {a.p} has {e3} {thing}.")
+    q += f" How many {thing} does {a.name} have?"
     return q, lines, total
 
 
 def _math_reading(rng: random.Random, w: dict[str, Any]) -> MathItem:
-    (a,) = _people(rng, w, 1)
-    per, days = _d(rng), _d(rng)
-    read, e1 = _eq(per, "*", days)
-    pages = rng.randint(read + 1, MATH_MAX_VALUE)
-    left, e2 = _eq(pages, "-", read)
-    q = f"A book has {pages} pages. {a.name} reads {per} pages every day for {days} days."
-    lines = [f"{a.name} reads {e1} pages.", f"{e2} pages are left."]
-    if rng.random() < 0.4:
-        more = _d(rng, 1)
-        left, e3 = _eq(left, "-", more)
-        q += f" On the next day {a.p} reads {more} more pages."
-        lines.append(f"After {more} more pages, {e3} pages are left.")
-    q += " How many pages are left to read?"
-    return q, lines, left
+    a, b = _people(rng, w, 2)
+    days, per = _d(rng), _d(rng)
+    pages = days * per
+    per_day, e1 = _eq(pages, "/", days)
+    more = _d(rng, 1)
+    other, e2 = _eq(per_day, "+", more)
+    q = (
+        f"A book has {pages} pages. {a.name} reads it in {days} days, reading the same number of pages every day."
+        f" {b.name} reads {more} more pages per day than {a.name}."
+    )
+    lines = [f"{a.name} reads {e1} pages per day.", f"{b.name} reads {e2} pages per day."]
+    if rng.random() < 0.5:
+        days2 = _d(rng)
+        other, e3 = _eq(other, "*", days2)
+        q += f" How many pages does {b.name} read in {days2} days?"
+        lines.append(f"In {days2} days {b.name} reads {e3} pages.")
+    else:
+        q += f" How many pages does {b.name} read per day?"
+    return q, lines, other
 
 
 MATH_TEMPLATES: dict[str, Callable[[random.Random, dict[str, Any]], MathItem]] = {

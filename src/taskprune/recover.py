@@ -454,9 +454,10 @@ def recover(
     """Recover one pruned checkpoint and write ``out_dir``; returns the ``recovery.json`` record."""
     from taskprune.arch import layer_widths
     from taskprune.io import read_json, read_parquet
-    from taskprune.modeling import load_model, load_tokenizer, resolve_device
+    from taskprune.modeling import check_checkpoint_dir, load_model, load_tokenizer, resolve_device
 
     t0 = time.perf_counter()
+    check_checkpoint_dir(pruned_dir)  # one-line error for a missing or incomplete checkpoint
     hp = task_hyperparameters(recovery, task)
     train = read_parquet(train_path, ["id", "prompt", "completion"], what="recovery train split")
     evaluation = read_parquet(eval_path, ["id", "prompt"], what="evaluation split")

@@ -278,7 +278,7 @@ def heldout_check(model: Any, tokenizer: Any, kind: str, eval_df: Any, evaluatio
     prompts = list(eval_df["prompt"])
     gens = generate(
         model, tokenizer, prompts, evaluation.max_new_tokens.get(kind, 128),
-        stop_strings=evaluate.STOP_STRINGS.get(kind, ()), batch_size=evaluation.batch_size,
+        stop_strings=evaluate.stop_strings_for(kind, "base"), batch_size=evaluation.batch_size,
         token_budget=evaluation.token_budget, progress=progress,
     )  # fmt: skip
     if kind == "math":
