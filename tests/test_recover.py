@@ -372,3 +372,12 @@ def test_saved_in_the_source_dtype(tmp_path):
     tensors = load_file(tmp_path / "out" / "model.safetensors")
     assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
     assert checkpoint_dtype(tmp_path / "out") == torch.bfloat16
+
+
+def test_cli_reports_a_missing_checkpoint_in_one_line(task_files, capsys):
+    import shutil
+
+    shutil.rmtree(task_files / "pruned")
+    assert _cli(task_files) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model directory not found" in err

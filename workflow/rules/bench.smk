@@ -27,6 +27,7 @@ rule bench:
         "results/bench/variants/{variant}.parquet",
     params:
         model_path=bench_checkpoint,
+        labels=lambda w: " ".join(f"--label-variant {p}" for p in bench_labels(w.variant)),
         opts=lambda w: options(bench=CFG.bench, device=CFG.device),
         src=source_hash("bench", "flops", "arch", "modeling"),
     wildcard_constraints:
@@ -39,8 +40,8 @@ rule bench:
         mem_mb=8000,
         runtime=30,
     shell:
-        TORCH_ENV + " taskprune bench --model-path {params.model_path:q} --variant {wildcards.variant} "
-        "--out {output} --options {params.opts:q} > {log} 2>&1"
+        TORCH_ENV + " taskprune bench measure --checkpoint {params.model_path:q} --variant {wildcards.variant} "
+        "{params.labels} --output {output} --options {params.opts:q} > {log} 2>&1"
 
 
 rule bench_gather:
@@ -49,12 +50,11 @@ rule bench_gather:
     output:
         "results/bench/efficiency.parquet",
     params:
-        variants=" ".join(v.path for v in ALL_VARIANTS),
         src=source_hash("bench", "flops"),
     log:
         "logs/bench/gather.log",
     shell:
-        "taskprune bench --gather {input} --all-variants {params.variants} --out {output} > {log} 2>&1"
+        "taskprune bench gather --output {output} {input} > {log} 2>&1"
 
 
 _BENCH_MODEL = next(iter(CFG.models))

@@ -110,11 +110,27 @@ def bench_variants():
     chosen = list(BASES)
     seen = set()
     for v in PRUNED:
-        key = (v.model, v.level) if CFG.pruning.allocation == "uniform" else (v.model, v.method, v.level, v.seed)
+        key = shape_key(v)
         if key not in seen:
             seen.add(key)
             chosen.append(v)
     return chosen
+
+
+def shape_key(v):
+    """Variants with equal keys have identical shapes (so identical cost to run)."""
+    if v.stage == "base":
+        return (v.model, "base")
+    if CFG.pruning.allocation == "uniform":
+        return (v.model, v.level)
+    return (v.model, v.method, v.level, v.seed)
+
+
+def bench_labels(variant_path):
+    """The other variants whose efficiency rows come from measuring ``variant_path``."""
+    rep = grid.parse_variant(variant_path)
+    key = shape_key(rep)
+    return [v.path for v in ALL_VARIANTS if shape_key(v) == key and v.path != rep.path]
 
 
 def final_outputs():

@@ -3,7 +3,10 @@
 
 def recover_options(wildcards):
     m = model_cfg(wildcards.model)
-    return options(recovery=CFG.recovery, task=m.task, device=CFG.device, chat_template=m.chat_template)
+    # Only the hyper-parameters (not the selection of variants): selecting one more variant must not
+    # rerun the others.
+    return options(recovery=CFG.recovery.model_dump(mode="json", exclude={"variants", "enabled"}),
+                   device=CFG.device)
 
 
 rule recover:
@@ -15,6 +18,8 @@ rule recover:
         directory("results/recovered/{model}/{method}/{level}/{seed}"),
     params:
         opts=recover_options,
+        task=lambda w: model_cfg(w.model).task,
+        chat=lambda w: "--chat-template" if model_cfg(w.model).chat_template else "--no-chat-template",
         src=source_hash("recover", "modeling", "prune"),
     threads: 1
     log:
@@ -25,5 +30,5 @@ rule recover:
         mem_mb=6000,
         runtime=60,
     shell:
-        TORCH_ENV + " taskprune recover --model-path {input.model} --train-data {input.train} "
-        "--eval-data {input.eval} --out {output} --options {params.opts:q} > {log} 2>&1"
+        TORCH_ENV + " taskprune recover --pruned {input.model} --train {input.train} --eval {input.eval} "
+        "--task {params.task} {params.chat} --out {output} --options {params.opts:q} > {log} 2>&1"
