@@ -305,6 +305,13 @@ class BenchConfig(_Strict):
     static_cache: bool = True
     compile: bool = True
     threads: int | None = None
+    # pipeline benchmarks (results/bench/stats_collection.parquet and generation.parquet)
+    stats_prompts: int = Field(1000, ge=1, description="prompts per statistics-collection throughput pass")
+    stats_memory_prompts: list[int] = Field(default_factory=lambda: [1000, 4000])
+    stats_rounds: int = Field(3, ge=1)
+    generation_prompts: int = Field(64, ge=1, description="prompts for the batched-generation benchmark")
+    generation_batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 32])
+    generation_repeats: int = Field(1, ge=1)
 
 
 # ------------------------------------------------------------------------------------------ root

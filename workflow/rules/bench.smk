@@ -69,6 +69,8 @@ rule bench_stats:
     params:
         model_path=model_path(_BENCH_MODEL),
         opts=options(stats=CFG.stats, device=CFG.device),
+        b=CFG.bench,
+        memory=" ".join(map(str, CFG.bench.stats_memory_prompts)),
         src=source_hash("bench_stats", "stats", "arch"),
     threads: workflow.cores
     log:
@@ -79,7 +81,8 @@ rule bench_stats:
         runtime=30,
     shell:
         TORCH_ENV + " taskprune bench-stats --model-path {params.model_path:q} --data {input.data} "
-        "--rounds 3 --out {output} --options {params.opts:q} > {log} 2>&1"
+        "--throughput-prompts {params.b.stats_prompts} --memory-prompts {params.memory} "
+        "--rounds {params.b.stats_rounds} --out {output} --options {params.opts:q} > {log} 2>&1"
 
 
 rule bench_generation:
@@ -91,6 +94,8 @@ rule bench_generation:
     params:
         model_path=model_path(_BENCH_MODEL),
         opts=options(evaluation=CFG.evaluation, device=CFG.device),
+        b=CFG.bench,
+        batches=" ".join(map(str, CFG.bench.generation_batch_sizes)),
         src=source_hash("bench_generation", "generate"),
     threads: workflow.cores
     log:
@@ -101,4 +106,5 @@ rule bench_generation:
         runtime=30,
     shell:
         TORCH_ENV + " taskprune bench-generation --model-path {params.model_path:q} --data {input.data} "
-        "--out {output} --options {params.opts:q} > {log} 2>&1"
+        "--n-prompts {params.b.generation_prompts} --batch-sizes {params.batches} "
+        "--repeats {params.b.generation_repeats} --out {output} --options {params.opts:q} > {log} 2>&1"
