@@ -2,6 +2,8 @@
 # so they never run beside another job and their numbers are not polluted by a neighbour.
 
 BENCH = bench_variants()
+# the BenchConfig keys of the per-variant efficiency measurement (not those of the pipeline benchmarks)
+EFFICIENCY_KEYS = {"batch_sizes", "prompt_tokens", "new_tokens", "warmup", "repeats", "static_cache", "compile", "threads"}
 
 
 def bench_checkpoint(wildcards):
@@ -28,7 +30,7 @@ rule bench:
     params:
         model_path=bench_checkpoint,
         labels=lambda w: " ".join(f"--label-variant {p}" for p in bench_labels(w.variant)),
-        opts=lambda w: options(bench=CFG.bench, device=CFG.device),
+        opts=lambda w: options(bench=CFG.bench.model_dump(mode="json", include=EFFICIENCY_KEYS), device=CFG.device),
         src=source_hash("bench", "flops", "arch", "modeling"),
     wildcard_constraints:
         variant="[^/]+/" + VARIANT_RE,
