@@ -52,7 +52,7 @@ for _model in CFG.models:
             if "reference" in input.keys()
             else "",
             opts=eval_options,
-            src=source_hash("evaluate", "generate", "sandbox", "modeling"),
+            src=source_hash("evaluate", "generate", "sandbox", "modeling", "metrics"),
         wildcard_constraints:
             variant=re.escape(_model) + "/" + VARIANT_RE,
         threads: 1
