@@ -27,6 +27,7 @@ from taskprune.recover import (  # noqa: E402
     merge_lora,
     planned_steps,
     save_recovered,
+    split_microbatches,
     task_hyperparameters,
     train_lora,
 )
@@ -202,7 +203,7 @@ def test_merged_logits_equal_adapter_logits(arch_name):
     n_params = count_parameters(model)
     peft_model, _ = _train(model, _random_examples(12, 0), seed=0, steps=4)
     lora_b = [p for n, p in peft_model.named_parameters() if "lora_B" in n]
-    assert lora_b and any(float(p.abs().max()) > 0 for p in lora_b), "training must move the adapters"
+    assert lora_b and any(float(p.detach().abs().max()) > 0 for p in lora_b), "training must move the adapters"
     ids = torch.randint(4, VOCAB, (3, 11), generator=torch.Generator().manual_seed(1))
     peft_model.eval()
     with_adapters = _logits(peft_model, ids)
@@ -269,6 +270,33 @@ def test_training_lowers_the_completion_loss():
     # A random tiny model with tied std-0.02 embeddings cannot emit logits much above 0.6, so its loss
     # floor is near 4 nats (ln 96 = 4.56 at the start): a 0.25-nat drop is most of what LoRA can reach.
     assert after < before - 0.25, (before, after)
+
+
+def test_microbatches_accumulate_the_whole_batch_gradient():
+    examples = _random_examples(12, 4, length=(5, 16))
+    micro = split_microbatches(examples[:4], max_tokens=20)
+    assert len(micro) > 1 and sorted(e.input_ids for m in micro for e in m) == sorted(e.input_ids for e in examples[:4])
+    assert all(len(m) == 1 or len(m) * max(len(e.input_ids) for e in m) <= 20 for m in micro)
+
+    def trained(max_tokens: int | None) -> tuple[list[float], dict]:
+        peft_model = add_lora(tiny_model("llama"), _recovery(dropout=0.0), seed=0)
+        log = train_lora(peft_model, examples, pad_id=PAD, batch_size=4, steps=3, learning_rate=1e-2, seed=0,
+                         microbatch_tokens=max_tokens, progress=False)
+        return log.losses, merge_lora(peft_model).state_dict()
+
+    whole_losses, whole = trained(None)
+    split_losses, split = trained(20)
+    assert whole_losses == pytest.approx(split_losses, rel=1e-5)
+    for name in whole:
+        torch.testing.assert_close(split[name], whole[name], atol=1e-6, rtol=1e-5)
+    # the loss is the batch's mean completion-token cross-entropy: check step 1 by hand, before any update
+    model = tiny_model("llama")
+    first = [examples[i] for i in batch_order(len(examples), 4, 1, seed=0)[0]]
+    batch = collate(first, PAD)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    by_hand = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten())
+    assert whole_losses[0] == pytest.approx(float(by_hand), rel=1e-5)
 
 
 def test_same_seed_gives_the_same_weights():

@@ -44,6 +44,10 @@ MAX_GRAD_NORM = 1.0
 #: Eval prompts shorter than this (after whitespace normalisation) are only matched exactly, not as
 #: substrings of training texts, so a short conversational prompt ("Hi!") cannot cause a false alarm.
 MIN_SUBSTRING_CHARS = 32
+#: A batch is run as micro-batches of at most this many padded tokens (rows x longest row), with the
+#: gradients accumulated, so a long-sequence batch of a large model fits in memory; the loss is still the
+#: mean over all completion tokens of the whole batch.
+MICROBATCH_TOKENS = 8192
 #: At most this many points of the loss curve are stored in recovery.json.
 LOSS_CURVE_POINTS = 50
 #: Tokenizer files copied from the pruned checkpoint (glob patterns).
@@ -182,6 +186,20 @@ def collate(examples: Sequence[TrainingExample], pad_id: int) -> dict[str, Any]:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+def split_microbatches(batch: Sequence[TrainingExample], max_tokens: int | None) -> list[list[TrainingExample]]:
+    """Cut a batch, sorted by length (least padding), into consecutive micro-batches whose padded size
+    ``rows * longest row`` stays within ``max_tokens`` (a single longer row forms its own micro-batch)."""
+    ordered = sorted(batch, key=lambda e: len(e.input_ids))
+    if max_tokens is None:
+        return [ordered]
+    micro: list[list[TrainingExample]] = [[]]
+    for example in ordered:  # ascending lengths: this example is the longest of its micro-batch so far
+        if micro[-1] and (len(micro[-1]) + 1) * len(example.input_ids) > max_tokens:
+            micro.append([])
+        micro[-1].append(example)
+    return micro
+
+
 def batch_order(n_examples: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
     """Example indices of each step: seeded permutations of all examples, epoch after epoch, cut into
     consecutive batches of ``batch_size`` (a batch may straddle two epochs)."""
@@ -276,9 +294,16 @@ def train_lora(
     steps: int,
     learning_rate: float,
     seed: int,
+    microbatch_tokens: int | None = MICROBATCH_TOKENS,
+    activation_checkpointing: bool = False,
     progress: bool = True,
 ) -> TrainingLog:
     """Train the LoRA parameters of ``peft_model`` for ``steps`` AdamW steps (linear warm-up and decay).
+
+    The loss of a step is ``sum of completion-token cross-entropies / number of completion tokens`` over the
+    whole batch, however it is cut into micro-batches (each micro-batch's sum is divided by the batch's
+    token count, and the gradients add up). ``activation_checkpointing`` recomputes each decoder layer in
+    the backward pass instead of storing its activations (for large models on a GPU).
 
     Deterministic for a given seed, thread count and device: the batch order, LoRA dropout and the adapter
     initialisation (see :func:`add_lora`) draw from seeded generators only.
@@ -298,28 +323,46 @@ def train_lora(
     torch.manual_seed(seed)  # LoRA dropout masks
     use_cache = getattr(peft_model.config, "use_cache", None)
     peft_model.config.use_cache = False
+    if activation_checkpointing:
+        base = peft_model.get_base_model()
+        if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x
+            base.activation_checkpointing_enable()
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     peft_model.train()
     record = TrainingLog()
     start, cpu_start = time.perf_counter(), time.process_time()
     bar = tqdm(batches, desc="recover", unit="step", disable=not progress, mininterval=2.0)
     for step, indices in enumerate(bar):
-        batch = {k: v.to(device) for k, v in collate([examples[i] for i in indices], pad_id).items()}
-        loss = peft_model(**batch).loss  # mean next-token CE over labels != -100 (shifted inside the model)
-        loss.backward()
+        batch_examples = [examples[i] for i in indices]
+        # every completion token is a label (n_prompt >= 1, so none is lost to the shift inside the loss)
+        n_targets = sum(len(e.input_ids) - e.n_prompt for e in batch_examples)
+        step_loss = 0.0
+        for micro in split_microbatches(batch_examples, microbatch_tokens):
+            batch = {k: v.to(device) for k, v in collate(micro, pad_id).items()}
+            # num_items_in_batch: the model returns sum(CE over this micro-batch's labels) / n_targets
+            loss = peft_model(**batch, num_items_in_batch=n_targets).loss
+            loss.backward()
+            step_loss += float(loss.detach())
+            record.total_tokens += int(batch["attention_mask"].sum())
         torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
         record.learning_rates.append(scheduler.get_last_lr()[0])
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        record.losses.append(float(loss.detach()))
-        # labels are shifted by one inside the loss: the first label of each row is never predicted
-        record.completion_tokens += int((batch["labels"][:, 1:] != -100).sum())
-        record.total_tokens += int(batch["attention_mask"].sum())
+        record.losses.append(step_loss)
+        record.completion_tokens += n_targets
         if step % 10 == 0 or step == steps - 1:
             bar.set_postfix(loss=f"{record.losses[-1]:.4f}")
             log.debug("step %d/%d loss %.4f", step + 1, steps, record.losses[-1])
     record.seconds = time.perf_counter() - start
     record.cpu_seconds = time.process_time() - cpu_start
+    if activation_checkpointing:
+        base = peft_model.get_base_model()
+        if hasattr(base, "activation_checkpointing_disable"):
+            base.activation_checkpointing_disable()
+        else:
+            base.gradient_checkpointing_disable()
     peft_model.eval()
     if use_cache is not None:
         peft_model.config.use_cache = use_cache
@@ -396,9 +439,10 @@ def save_recovered(
     *,
     started: float | None = None,
 ) -> None:
-    """Save the merged model (cast in place) in the source checkpoint's dtype, with its tokenizer and ``recovery.json``,
-    atomically: ``out_dir`` appears complete or not at all. ``record["seconds"]`` gains ``save`` and, given
-    the ``time.perf_counter()`` at which the job ``started``, ``total``.
+    """Save the merged model (cast in place to the source checkpoint's dtype), its tokenizer and
+    ``recovery.json``, atomically: ``out_dir`` appears complete or not at all. ``record["seconds"]`` gains
+    ``save``, ``process`` (since the process started) and, given the ``time.perf_counter()`` at which the
+    job ``started``, ``total``.
 
     ``config.json`` keeps the source's width keys (``intermediate_size`` and every ``taskprune_*`` key such
     as ``taskprune_layer_widths``), so a per-layer-width checkpoint reloads through the same loader.
@@ -496,6 +540,8 @@ def recover(
 
     peft_model = add_lora(model, recovery, recovery.seed)
     lora_params = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    targets_used = sorted(peft_model.peft_config["default"].target_modules or [])
+    on_gpu = torch_device.type == "cuda"
     training = train_lora(
         peft_model,
         examples,
@@ -504,6 +550,7 @@ def recover(
         steps=steps,
         learning_rate=hp.learning_rate,
         seed=recovery.seed,
+        activation_checkpointing=on_gpu,
         progress=progress,
     )
     t_merge = time.perf_counter()
@@ -535,7 +582,7 @@ def recover(
             "alpha": recovery.alpha,
             "dropout": recovery.dropout,
             "target_modules": list(recovery.target_modules),
-            "target_modules_used": sorted(peft_model.peft_config["default"].target_modules or []),
+            "target_modules_used": targets_used,
             "batch_size": recovery.batch_size,
             "seq_len": recovery.seq_len,
             "learning_rate": hp.learning_rate,
@@ -547,6 +594,8 @@ def recover(
             "schedule": "linear warm-up then linear decay to 0",
             "warmup_steps": math.ceil(WARMUP_FRACTION * steps),
             "max_grad_norm": MAX_GRAD_NORM,
+            "microbatch_tokens": MICROBATCH_TOKENS,
+            "activation_checkpointing": on_gpu,
         },
         "data": {**counts, "completion_tokens": training.completion_tokens, "total_tokens": training.total_tokens},
         "steps": summary["steps"],
