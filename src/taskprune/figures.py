@@ -387,7 +387,8 @@ def fig_reverse_collapse(res: Results) -> Figure:
                 bars.append((m, r["value"], r["low"], r["high"]))
         names = [method_label(b[0]) for b in bars]
         vals = [100 * b[1] for b in bars]
-        err = [[100 * (b[1] - b[2]) for b in bars], [100 * (b[3] - b[1]) for b in bars]]
+        # clipped at 0: float round-off (or a mean outside a seed range) must not make a negative error bar
+        err = [[max(0.0, 100 * (b[1] - b[2])) for b in bars], [max(0.0, 100 * (b[3] - b[1])) for b in bars]]
         colors = [method_style(b[0])["color"] for b in bars]
         y = list(range(len(bars)))
         ax_bar.barh(y, vals, xerr=err, color=colors, alpha=0.85, capsize=3, error_kw={"linewidth": 1})
