@@ -423,6 +423,12 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
     """Validate a merged config dict; raise :class:`ConfigError` with one line on the first problem."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of keys at the top level, got {type(raw).__name__}")
+    # Config files merge key by key (Snakemake's --configfile, load_config), so a later file removes a
+    # model or task of an earlier one by setting it to null (config/paper.yaml drops the embedded models).
+    raw = dict(raw)
+    for section in ("models", "tasks"):
+        if isinstance(raw.get(section), dict):
+            raw[section] = {k: v for k, v in raw[section].items() if v is not None}
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
