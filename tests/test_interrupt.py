@@ -274,11 +274,6 @@ def test_sigkill_in_stats_and_prune_jobs_then_rerun_gives_identical_results(refe
 # ------------------------------------------------------------- what a killed job leaves, read by others
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "figures._manifest_files globs {root}/*/*/*/*/manifest.parquet with pathlib, which matches hidden "
-    "directories: the temp checkpoint '.0.<random>.tmpdir' a SIGKILLed prune job leaves is read as a "
-    "variant, and _load_manifests then fails ('seed .0.<random>.tmpdir in the path is not a number') - "
-    "'taskprune figures --pruned-root results/pruned' is broken by any interrupted pruning job"))
 def test_stale_temp_checkpoint_of_a_killed_prune_job_is_not_read_as_a_result(tmp_path):
     from taskprune.figures import _load_manifests, _manifest_files
 
@@ -312,11 +307,6 @@ def test_stale_temp_files_are_not_read_as_variant_metrics(tmp_path, capsys):
     assert read_parquet_metadata(out)["inputs"] == [str(variant / "metrics.parquet")]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "taskprune.io.atomic_path/atomic_dir create the temp file with tempfile.mkstemp (mode 0600) and the temp "
-    "directory with mkdtemp (0700) and rename them into place unchanged: every output (statistics, scores, "
-    "metrics, pruned/recovered/trained checkpoint directories) is private to its writer whatever the umask, "
-    "e.g. results/pruned/... is drwx------ and its model.safetensors -rw-------"))
 def test_atomic_outputs_get_the_permissions_of_an_ordinary_write(tmp_path):
     """An atomically written file or directory ends up with the same mode as a plain open()/mkdir()."""
     from taskprune.io import atomic_dir, write_json

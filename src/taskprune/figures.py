@@ -933,7 +933,11 @@ def _load_scores(paths: Sequence[str]) -> dict[tuple[str, str], pl.DataFrame]:
 def _manifest_files(root: str | None, items: Sequence[str]) -> list[Path]:
     files = []
     if root:
-        files += sorted(Path(root).glob("*/*/*/*/manifest.parquet"))
+        # skip hidden entries: '.<name>.*.tmpdir' is what a killed job's atomic write leaves behind
+        files += sorted(
+            f for f in Path(root).glob("*/*/*/*/manifest.parquet")
+            if not any(part.startswith(".") for part in f.relative_to(root).parts)
+        )
     for it in items:
         p = Path(it)
         files.append(p / "manifest.parquet" if p.is_dir() else p)

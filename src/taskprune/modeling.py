@@ -70,14 +70,42 @@ def load_model(path: str | os.PathLike[str], device: str = "auto", dtype: Any = 
     """Load a causal LM (stock, or pruned to per-layer widths) in eval mode on the resolved device."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from taskprune.arch import get_adapter
+
     check_checkpoint_dir(path)
     torch_device, default_dtype = resolve_device(device)
     dtype = dtype or default_dtype
-    config = AutoConfig.from_pretrained(str(path))
-    if getattr(config, "taskprune_layer_widths", None):
-        from taskprune.prune import load_pruned  # per-layer widths need our loader
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"{path}: cannot read the model config ({_first_line(exc)})") from exc
+    get_adapter(config)  # an unsupported architecture fails here, in one line, before loading weights
+    try:
+        if getattr(config, "taskprune_layer_widths", None):
+            from taskprune.prune import load_pruned  # per-layer widths need our loader
 
-        model = load_pruned(path, dtype=dtype)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+            model = load_pruned(path, dtype=dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    except ModelError:
+        raise
+    except Exception as exc:  # safetensors' SafetensorError, OSError, shape mismatches: all one line
+        files = ", ".join(sorted(f.name for f in Path(path).glob("*.safetensors"))) or "the checkpoint"
+        raise ModelError(
+            f"{path}: cannot load the weights from {files} ({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
     return model.to(torch_device).eval()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def model_context_length(config: Any) -> int | None:
+    """The longest sequence the model's positions support (None when unbounded or unknown)."""
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None

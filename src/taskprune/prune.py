@@ -45,7 +45,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from taskprune.arch import MLPAdapter, get_adapter, num_layers
-from taskprune.errors import ConfigError, DataError, ModelError
+from taskprune.errors import ConfigError, DataError, ModelError, TaskpruneError
 
 if TYPE_CHECKING:  # heavy imports stay out of `taskprune prune --help`
     import numpy as np
@@ -189,7 +189,9 @@ def read_layout(root: Path) -> CheckpointLayout:
                     m = pattern.search(key)
                     if m:
                         mlp_keys[key] = (int(m["layer"]), m["proj"], m["param"])
-        except (OSError, RuntimeError, ValueError) as exc:  # safetensors: SafetensorError (RuntimeError subclass)
+        except Exception as exc:  # safetensors' SafetensorError derives from Exception only
+            if isinstance(exc, TaskpruneError):
+                raise
             raise ModelError(f"{root / shard}: not a readable safetensors file ({exc})") from exc
 
     by_layer: dict[int, dict[tuple[str, str], str]] = {}

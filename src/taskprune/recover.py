@@ -13,7 +13,15 @@ Training example (one row of ``results/data/{task}/train.parquet``)::
 
 The prompt is tokenized on its own, exactly as generation tokenizes it (with the chat template when the
 model uses one), so the model learns to continue the very token sequence it will see at evaluation time.
-The loss is the mean next-token cross-entropy over the completion tokens of a batch.
+The loss is the mean next-token cross-entropy over the completion tokens of a batch (AdamW on the LoRA
+parameters only, linear warm-up and decay; a batch too large for memory runs as micro-batches with the
+gradients accumulated). Uniform and per-layer-width checkpoints load through
+:func:`taskprune.modeling.load_model`; LoRA wraps each projection at its own shape, and the merged model is
+saved with the source's width keys in ``config.json``, so it reloads the same way.
+
+Output ``results/recovered/{model}/{method}/{level}/{seed}/``: the merged checkpoint (source dtype), the
+tokenizer files copied from the pruned checkpoint, and ``recovery.json`` (hyper-parameters, steps, loss
+curve summary, seconds, seed, parameter counts), written as one atomic directory.
 
 A guard refuses to train when any evaluation prompt of the task appears in the training data, so a recovered
 model can never have seen its own test items.

@@ -617,7 +617,12 @@ def run(args: Any) -> int:
 
     prompts = load_prompts(args.data)
     model, tokenizer = load_model_and_tokenizer(args.model_path, opts.device)
-    tokenized = tokenize_prompts(tokenizer, prompts, max_length=cfg.max_length, chat_template=chat_template)
+    from taskprune.modeling import model_context_length
+
+    # Never feed positions the model has no embedding for (GPT-2 crashes, RoPE models extrapolate).
+    context = model_context_length(model.config)
+    max_length = min(cfg.max_length, context) if context else cfg.max_length
+    tokenized = tokenize_prompts(tokenizer, prompts, max_length=max_length, chat_template=chat_template)
     log.info(
         "%s on %s: %d prompts, %d tokens, %s %s",
         args.model_path, args.data, len(prompts), int(tokenized.lengths.sum()),

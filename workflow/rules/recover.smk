@@ -31,4 +31,5 @@ rule recover:
         runtime=60,
     shell:
         TORCH_ENV + " taskprune recover --pruned {input.model} --train {input.train} --eval {input.eval} "
-        "--task {params.task} {params.chat} --out {output} --options {params.opts:q} > {log} 2>&1"
+        "--task {params.task} {params.chat} --threads {threads} --no-progress --out {output} "
+        "--options {params.opts:q} > {log} 2>&1"
