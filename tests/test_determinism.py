@@ -155,10 +155,6 @@ def _flat_keys(obj, prefix: str = "") -> list[str]:
     return []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the config's top-level 'seed' is validated but read by no stage: the seeds are set separately in "
-    "data.seed, data.split_seed, models.<m>.training.seed, scores.random_seed and recovery.seed (plus "
-    "constants in evaluate.py), so there is no one place that sets them"))
 def test_one_seed_in_the_config_sets_every_stage_seed(tmp_path: Path) -> None:
     from taskprune.config import load_config
 

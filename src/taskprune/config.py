@@ -333,6 +333,18 @@ class Config(_Strict):
     bench: BenchConfig = Field(default_factory=BenchConfig)
 
     @model_validator(mode="after")
+    def _one_seed(self) -> Config:
+        """Seeds are set in one place: every stage seed not given explicitly is the top-level ``seed``."""
+        for section, key in ((self.data, "seed"), (self.data, "split_seed"), (self.scores, "random_seed"),
+                             (self.recovery, "seed")):
+            if key not in section.model_fields_set:
+                setattr(section, key, self.seed)
+        for m in self.models.values():
+            if "seed" not in m.training.model_fields_set:
+                m.training.seed = self.seed
+        return self
+
+    @model_validator(mode="after")
     def _cross(self) -> Config:
         if not self.models:
             raise ValueError("'models' must name at least one model")
