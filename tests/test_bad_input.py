@@ -341,16 +341,11 @@ CASES: list[Case] = [
     Case("data-local-jsonl-not-utf8", lambda i, t, o: [
         "data", "--task", "chat", "--out-dir", str(o), "--options", local_task_options(write(
             t / "latin1.jsonl", lambda p: p.write_bytes(b'{"prompt": "caf\xe9?", "completion": "oui"}\n' * 4)))],
-        ["latin1.jsonl", "utf-8"], own_process=True,
-        defect="data._load_records converts the dataset to dicts outside its try block: a Latin-1 JSONL "
-               "file loads, then pyarrow's to_pylist raises UnicodeDecodeError, a traceback"),
+        ["latin1.jsonl", "utf-8"], own_process=True),
     Case("data-local-csv-not-utf8", lambda i, t, o: [
         "data", "--task", "chat", "--out-dir", str(o), "--options", local_task_options(write(
             t / "latin1.csv", lambda p: p.write_bytes(b"prompt,completion\ncaf\xe9,oui\nthe,end\n")))],
-        ["latin1.csv", "utf-8"], own_process=True,
-        defect="data: a Latin-1 CSV file ends with one line, but it says only 'cannot load dataset (An error "
-               "occurred while generating the dataset)', not what is wrong; the cause (UnicodeDecodeError) is "
-               "only in an ERROR log line of datasets.packaged_modules.csv printed above it"),
+        ["latin1.csv", "utf-8"], own_process=True),
     Case("stats-corrupted-parquet", lambda i, t, o: stats_argv(i.llama, garbage(t / "garbage.parquet"), o),
          ["garbage.parquet", "not a readable Parquet file"]),
     Case("stats-truncated-parquet", lambda i, t, o: stats_argv(

@@ -1000,6 +1000,14 @@ def _load_records(src: TaskSource) -> list[dict[str, Any]]:
                 )
                 if builder is None:
                     raise DataError(f"{p}: unsupported data file type (expected .json, .jsonl, .csv or .parquet)")
+                if builder in ("json", "csv"):
+                    # Text files must be UTF-8: a silently replaced character would change the model's input.
+                    try:
+                        p.read_bytes().decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        raise DataError(
+                            f"{p}: not valid utf-8 text (first bad byte at offset {exc.start}); save it as UTF-8"
+                        ) from None
                 ds = datasets.load_dataset(builder, data_files=str(p), split="train")
             elif (p / "dataset_info.json").is_file() and (p / "state.json").is_file():
                 ds = datasets.load_from_disk(str(p))
@@ -1016,7 +1024,10 @@ def _load_records(src: TaskSource) -> list[dict[str, Any]]:
         raise DataError(f"{label}: cannot load dataset ({first[:200]})") from exc
     if len(ds) == 0:
         raise DataError(f"{label}: empty dataset")
-    return [dict(r) for r in ds]
+    try:
+        return [dict(r) for r in ds]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{label}: not valid utf-8 text (first bad byte at offset {exc.start})") from None
 
 
 def _map_fields(kind: str, src: TaskSource, record: dict[str, Any], index: int) -> dict[str, Any]:
