@@ -128,9 +128,6 @@ def test_seeds_are_recorded_where_the_stages_use_them(smoke_run: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "results/data/{task}/calibration.parquet records only data.seed: the for_stats mask is drawn with "
-    "data.split_seed and data.calibration_stats_fraction (data.stats_mask), which are not in its metadata"))
 def test_calibration_split_records_the_seed_of_its_for_stats_mask(second_run: Path) -> None:
     meta = read_parquet_metadata(second_run / "results/data/math/calibration.parquet")
     flat = json.dumps(meta)
@@ -138,10 +135,6 @@ def test_calibration_split_records_the_seed_of_its_for_stats_mask(second_run: Pa
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "evaluate.py draws the bootstrap confidence intervals with a constant seed (bootstrap_interval(seed=0)) "
-    "and pass@k sampling with seed=0; neither is recorded in results/eval/{variant}/metrics.parquet's nor "
-    "in results/metrics.parquet's metadata (the latter records only its input paths)"))
 def test_metrics_record_the_seed_of_their_confidence_intervals(second_run: Path) -> None:
     variant_meta = read_parquet_metadata(second_run / "results/eval/tiny-math/base/metrics.parquet")
     total_meta = read_parquet_metadata(second_run / METRICS)

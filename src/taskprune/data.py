@@ -1160,6 +1160,7 @@ def prepare_task(task: str, cfg: TaskConfig, data: DataConfig, out_dir: str | Pa
         df = to_frame(task, kind, split, splits[split], data)
         src = getattr(cfg, split)
         meta = {"task": task, "kind": kind, "split": split, "rows": df.height, "seed": data.seed,
+                "split_seed": data.split_seed, "calibration_stats_fraction": data.calibration_stats_fraction,
                 "source": src.model_dump()}  # fmt: skip
         paths[split] = out / f"{split}.parquet"
         write_parquet(df, paths[split], metadata=meta)

@@ -108,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     if not paths:
         raise DataError("no metrics files given (list results/eval/{variant}/metrics.parquet files or use --eval-dir)")
     table = collect(paths)
-    write_parquet(table, args.out, metadata={"inputs": [str(p) for p in paths]})
+    write_parquet(table, args.out, metadata={"inputs": [str(p) for p in paths], "bootstrap_seed": 0,
+                                             "sampling_seed": 0})
     logger.info("%s: %d rows from %d variant(s)", args.out, table.height, len(paths))
     return 0
