@@ -74,7 +74,7 @@ def _single_thread():
 
 # ------------------------------------------------------------------------------ end-to-end smoke run
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "workflow", "config", "profiles", "resources", "envs"]
+WORKFLOW_FILES = ["Snakefile", "workflow", "config", "profiles", "resources", "envs", "src"]
 
 
 def copy_workflow(dest):

@@ -1,17 +1,26 @@
 # Embedded tiny specialists, trained from scratch (models with `source: pretrained` skip this rule).
 
 
+def train_tasks(model):
+    """The tasks a specialist is trained on: its target task and the other tasks named in training.mix
+    (not its distractor list, which only feeds the scores: adding a distractor must not retrain it)."""
+    m = model_cfg(model)
+    mixed = [t for t, share in m.training.mix.items() if t != "target" and share > 0]
+    return list(dict.fromkeys([m.task, *mixed]))
+
+
 def train_inputs(wildcards):
     m = model_cfg(wildcards.model)
-    tasks = [m.task, *m.distractors]
-    return [f"results/data/{t}/{s}.parquet" for t in tasks for s in ("train", "eval")]
+    return [f"results/data/{t}/train.parquet" for t in train_tasks(wildcards.model)] + [
+        f"results/data/{m.task}/eval.parquet"
+    ]
 
 
 def train_options(wildcards):
     m = model_cfg(wildcards.model)
-    tasks = {t: CFG.tasks[t] for t in [m.task, *m.distractors]}
-    return options(model=m, tasks={k: v.model_dump(mode="json") for k, v in tasks.items()},
-                   evaluation=CFG.evaluation, device=CFG.device)
+    model = m.model_dump(mode="json", exclude={"distractors", "levels"})
+    tasks = {t: CFG.tasks[t].model_dump(mode="json") for t in train_tasks(wildcards.model)}
+    return options(model=model, tasks=tasks, evaluation=CFG.evaluation, device=CFG.device)
 
 
 rule train:
