@@ -258,6 +258,10 @@ def train_loop(model: Any, batches: PackedBatches, cfg: TrainingConfig, device: 
         })  # fmt: skip
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss_value:.3f}")
+        if step % 50 == 0 or step == cfg.steps - 1:
+            elapsed = records[-1]["seconds"]
+            log.info("step %d/%d loss %.4f lr %.2e (%.2f s/step, %.0f s)", step + 1, cfg.steps, loss_value, lr,
+                     elapsed / (step + 1), elapsed)  # fmt: skip
     model.eval()
     return records
 
