@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -287,6 +288,15 @@ def test_bench_measure_writes_well_formed_rows(tmp_path, monkeypatch):
     import polars as pl
 
     monkeypatch.setattr(bench, "MEMORY_PAIRS_MAX", 1)  # one model/baseline process pair keeps this fast
+    pids = []
+    run_worker = bench._run_worker
+
+    def recording(*args, **kwargs):
+        result = run_worker(*args, **kwargs)
+        pids.append(result["pid"])
+        return result
+
+    monkeypatch.setattr(bench, "_run_worker", recording)
     pruned = save(tiny_model("llama", d_ff=52), tmp_path / "pruned")
     twin = save(tiny_model("llama", d_ff=52, seed=5), tmp_path / "twin")
     out = tmp_path / "p.parquet"
@@ -318,6 +328,8 @@ def test_bench_measure_writes_well_formed_rows(tmp_path, monkeypatch):
     ).all()
     assert (df["tokens_per_s_repeats"].list.len() == 2).all()
     assert df["peak_memory_bytes"].n_unique() == 1  # batch-1 peak, repeated on every row
+    assert len(pids) == 4 and len(set(pids)) == 4 and os.getpid() not in pids  # a fresh process each
+    assert df["peak_memory_bytes"][0] > 0  # the model process peaks above its model-less twin
 
     rows = {(r["variant"], r["phase"]): r for r in df.iter_rows(named=True)}
     measured = rows[("m/selective/35/0", "decode")]
@@ -467,7 +479,12 @@ def test_bench_plan_covers_every_variant_once(allocation):
                 "conversation": {"kind": "conversation"},
                 "qna": {"kind": "qna"},
             },
-            "models": {"m": {"task": "math"}},
+            # m and twin have the same architecture (one shape family); other does not
+            "models": {
+                "m": {"task": "math"},
+                "twin": {"task": "math"},
+                "other": {"task": "math", "architecture": {"hidden_size": 96}},
+            },
             "pruning": {
                 "levels": [10, 20],
                 "methods": ["selective", "random"],
@@ -482,7 +499,13 @@ def test_bench_plan_covers_every_variant_once(allocation):
     for measured, members in plan.items():
         assert measured in members
         assert len({m.split("/")[2] if not m.endswith("base") else "0" for m in members}) == 1  # one level
+        assert ({m.split("/")[0] for m in members} & {"m", "twin"} == set()) or "other" not in {
+            m.split("/")[0] for m in members
+        }  # never across shape families
     if allocation == "uniform":
-        assert len(plan) == 1 + 2  # base + one checkpoint per level
+        assert len(plan) == 2 * (1 + 2)  # per family: base + one checkpoint per level
+        assert plan["m/base"] == ["m/base", "twin/base"]
+        assert {m.split("/")[0] for m in plan["m/selective/10/0"]} == {"m", "twin"}
     else:
         assert plan["m/selective/10/0"] == ["m/selective/10/0", "m/selective/10/0/recovered"]
+        assert plan["m/base"] == ["m/base", "twin/base"]

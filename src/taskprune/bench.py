@@ -10,15 +10,18 @@ the base over those of the variant, :mod:`taskprune.flops`) and their ratio
 
 How the numbers are measured:
 
-- **Every measurement runs in a fresh process** (``python -m taskprune.bench _worker SPEC OUT``): one
-  process per (batch size, phase), so compilation caches, allocator state and page cache of one
-  measurement never help another. Each does ``warmup`` untimed runs, then ``repeats`` timed repeats
+- **Every measurement runs in a fresh process**: one process per (batch size, phase), so compilation
+  caches and allocator state of one measurement never help another. The processes are forked from a
+  :class:`WorkerServer`, a clean interpreter that has only imported the libraries (so each measurement
+  does not pay ~4 s of interpreter start and imports); ``python -m taskprune.bench _worker SPEC OUT``
+  runs one measurement in a brand-new interpreter instead. Each does ``warmup`` untimed runs, then ``repeats`` timed repeats
   (each long enough to be above timer noise), and reports the median and inter-quartile range.
 - **Peak memory at batch 1**: on CUDA the allocator's peak (``torch.cuda.max_memory_allocated``) over
   loading and one generation; on CPU the peak resident set size (``ru_maxrss``) of a fresh process that
   loads the model and generates, minus that of a fresh process that imports the same libraries and runs
-  the same warm-up without a model (median over up to 3 pairs). It is the process's peak, so it includes
-  loading transients such as the memory-mapped pages of the weight file, not just the tensors.
+  the same warm-up without a model (median over up to 3 pairs); both reset their peak counter when they
+  are forked, so the difference is what the model adds. It is a peak, so it includes loading transients
+  such as the memory-mapped pages of the weight file, not just the tensors.
 - **Prefill** tokens/s: ``batch x prompt_tokens / time`` of the forward pass over random prompts (no
   padding) that fills the KV cache and picks the first token. **Decode** tokens/s:
   ``batch x new_tokens / time`` of ``new_tokens`` greedy one-token steps after that prefill (untimed).
@@ -50,11 +53,13 @@ cost the same to run, so one measured checkpoint can label several variants (``-
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -631,6 +636,7 @@ def _worker_main(argv: Sequence[str]) -> int:
         result = _worker_throughput(spec)
     else:
         raise ValueError(f"unknown worker kind {spec['kind']!r}")
+    result["pid"] = os.getpid()
     Path(argv[2]).write_text(json.dumps(result))
     return 0
 
@@ -638,26 +644,110 @@ def _worker_main(argv: Sequence[str]) -> int:
 # ------------------------------------------------------------------------------------- parent
 
 
-def _run_worker(spec: dict[str, Any], workdir: Path, label: str) -> dict[str, Any]:
-    """Run one measurement in a fresh interpreter and return its JSON result."""
+class WorkerServer:
+    """A clean interpreter that has imported torch and transformers and nothing else, and forks one fresh
+    child per measurement (``python -m taskprune.bench _server``).
+
+    Every measurement still runs in a process of its own, which no earlier measurement has touched (no
+    model, compilation cache or allocator state is inherited: the server never loads a model or runs a
+    tensor op), but without paying the interpreter start and library imports (~4 s on 2 cores) twelve
+    times per variant. Children reset their peak-RSS counter right after the fork (``clear_refs``), so the
+    memory measurement counts only what the child itself adds, in the model process and the baseline alike.
+    """
+
+    def __init__(self, threads: int | None) -> None:
+        env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+        if threads:
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "taskprune.bench", "_server"], env=env, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+        )  # fmt: skip
+
+    def run(self, spec_path: Path, out_path: Path, err_path: Path) -> int:
+        """Run one measurement in a forked child; its exit code (124 when it ran over the timeout)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{spec_path}\t{out_path}\t{err_path}\t{WORKER_TIMEOUT_S}\n")
+        self.proc.stdin.flush()
+        reply = self.proc.stdout.readline()
+        if not reply:
+            raise ModelError(f"bench worker server died (exit {self.proc.poll()})")
+        return int(reply)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.proc.stdin:
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def _server_main() -> int:
+    """The loop of :class:`WorkerServer`: one line ``SPEC\tOUT\tERR\tTIMEOUT`` in, one exit code out."""
+    import torch  # noqa: F401 - the imports the children inherit
+    import transformers  # noqa: F401
+    from transformers import AutoModelForCausalLM  # noqa: F401
+
+    import taskprune.modeling  # noqa: F401
+
+    for line in sys.stdin:
+        spec_path, out_path, err_path, timeout = line.rstrip("\n").split("\t")
+        pid = os.fork()
+        if pid == 0:  # the child: one measurement, then exit without running the server's cleanup
+            code = 1
+            try:
+                fd = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                signal.alarm(int(timeout))
+                with contextlib.suppress(OSError):  # Linux >= 4.0: reset the peak RSS to the current RSS
+                    Path("/proc/self/clear_refs").write_text("5")
+                code = _worker_main(["_worker", spec_path, out_path])
+            except BaseException:  # noqa: BLE001 - report anything, the parent turns it into one line
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        print(124 if code == -signal.SIGALRM else code, flush=True)
+    return 0
+
+
+def _run_worker(spec: dict[str, Any], workdir: Path, label: str, server: WorkerServer | None = None) -> dict[str, Any]:
+    """Run one measurement in a fresh process (a child of ``server``, else a new interpreter); its result."""
     spec_path = workdir / f"{label}.spec.json"
     out_path = workdir / f"{label}.out.json"
+    err_path = workdir / f"{label}.err"
     spec_path.write_text(json.dumps(spec))
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-    if spec.get("threads"):
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(spec["threads"])
-    cmd = [sys.executable, "-m", "taskprune.bench", "_worker", str(spec_path), str(out_path)]
-    log.debug("bench worker %s: %s", label, " ".join(cmd))
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
+    if server is not None:
+        returncode = server.run(spec_path, out_path, err_path)
+        stderr = err_path.read_text(errors="replace") if err_path.is_file() else ""
+    else:
+        env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+        if spec.get("threads"):
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(spec["threads"])
+        cmd = [sys.executable, "-m", "taskprune.bench", "_worker", str(spec_path), str(out_path)]
+        log.debug("bench worker %s: %s", label, " ".join(cmd))
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
+            returncode, stderr = proc.returncode, proc.stderr
+        except subprocess.TimeoutExpired:
+            returncode, stderr = 124, ""
+    if returncode == 124:
+        raise ModelError(f"bench worker '{label}' for {spec['checkpoint']} ran over {WORKER_TIMEOUT_S} s")
+    if returncode != 0 or not out_path.is_file():
+        lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
         raise ModelError(
-            f"bench worker '{label}' for {spec['checkpoint']} ran over {WORKER_TIMEOUT_S} s"
-        ) from None
-    if proc.returncode != 0 or not out_path.is_file():
-        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-        raise ModelError(
-            f"bench worker '{label}' for {spec['checkpoint']} failed (exit {proc.returncode}): "
+            f"bench worker '{label}' for {spec['checkpoint']} failed (exit {returncode}): "
             f"{lines[-1] if lines else 'no error output'}"
         )
     return json.loads(out_path.read_text())
@@ -741,13 +831,14 @@ def measure_variant(
         "warmup": bench.warmup,
         "repeats": bench.repeats,
     }
-    with tempfile.TemporaryDirectory(prefix="taskprune-bench-") as tmp:
+    server = WorkerServer(bench.threads)
+    with tempfile.TemporaryDirectory(prefix="taskprune-bench-") as tmp, contextlib.closing(server):
         workdir = Path(tmp)
         # Peak memory at batch 1 (CUDA: allocator peak; CPU: RSS net of a model-less twin process).
         pairs = min(bench.repeats, MEMORY_PAIRS_MAX)
         nets, model_info = [], {}
         for i in range(pairs):
-            model_info = _run_worker({**common, "kind": "memory"}, workdir, f"memory{i}")
+            model_info = _run_worker({**common, "kind": "memory"}, workdir, f"memory{i}", server)
             if model_info.get("params_counted") != counts.total or model_info.get("widths") != list(
                 shape.mlp_widths
             ):
@@ -758,7 +849,9 @@ def measure_variant(
                 )
             baseline = 0  # CUDA: the allocator's peak needs no baseline
             if model_info["device"] == "cpu":
-                baseline = _run_worker({**common, "kind": "baseline"}, workdir, f"baseline{i}")["peak_bytes"]
+                baseline = _run_worker({**common, "kind": "baseline"}, workdir, f"baseline{i}", server)[
+                    "peak_bytes"
+                ]
             nets.append(model_info["peak_bytes"] - baseline)
             log.info("%s: peak memory (batch 1) %.2f MiB net of baseline", variant, nets[-1] / 2**20)
         peak = int(sorted(nets)[len(nets) // 2])
@@ -767,7 +860,7 @@ def measure_variant(
         for batch in bench.batch_sizes:
             for phase in PHASES:
                 spec = {**common, "kind": "throughput", "batch_size": batch, "phase": phase}
-                res = _run_worker(spec, workdir, f"{phase}-b{batch}")
+                res = _run_worker(spec, workdir, f"{phase}-b{batch}", server)
                 log.info(
                     "%s: %s batch %d: %.0f tokens/s (IQR %.0f-%.0f, %s engine, load %.1f)",
                     variant,
@@ -1080,30 +1173,41 @@ def profile_phase(
 def bench_plan(cfg: Any) -> dict[str, list[str]]:
     """Which checkpoint to measure for which variants: ``{measured variant: [variants it labels]}``.
 
-    The base model is measured on its own. With uniform allocation every variant at one level (all
-    methods, seeds, and the recovered models) has the same per-layer widths, so the first pruned variant
-    at each level is measured and labels the others; with global allocation widths differ per variant,
-    so each pruned variant is measured and labels only its recovered twin (same shapes).
+    Variants are grouped by :func:`shape_key`; the first base (else pruned) variant of a group is measured
+    and labels the others (the ``measured_variant`` column says which).
     """
     from taskprune.grid import all_variants
 
     plan: dict[str, list[str]] = {}
     groups: dict[tuple[Any, ...], list[Any]] = {}
     for v in all_variants(cfg):
-        if v.stage == "base":
-            plan[v.path] = [v.path]
-            continue
-        key = (
-            (v.model, v.level)
-            if cfg.pruning.allocation == "uniform"
-            else (v.model, v.method, v.level, v.seed)
-        )
-        groups.setdefault(key, []).append(v)
+        groups.setdefault(shape_key(cfg, v), []).append(v)
     for members in groups.values():
-        pruned = [v for v in members if v.stage == "pruned"]
-        rep = (pruned or members)[0]
+        rep = next((v for v in members if v.stage == "base"), None)
+        rep = rep or next((v for v in members if v.stage == "pruned"), members[0])
         plan[rep.path] = [v.path for v in members]
     return plan
+
+
+def model_shape_family(cfg: Any, model: str) -> tuple[str, str]:
+    """Models with equal families have identical shapes before pruning: trained-from-scratch models with
+    the same ``architecture`` (the embedded tiny-math and tiny-code), or the same pretrained checkpoint."""
+    m = cfg.models[model]
+    if m.source == "train":
+        return ("train", json.dumps(m.architecture.model_dump(mode="json"), sort_keys=True))
+    return ("pretrained", str(m.path))
+
+
+def shape_key(cfg: Any, v: Any) -> tuple[Any, ...]:
+    """Variants with equal keys have identical shapes, hence the same cost to run, so one measurement
+    serves them all: the base models of one family; with uniform allocation every method, seed and
+    recovered model at one level across a family (k per layer depends only on the level and the width);
+    with global allocation each pruned variant and its recovered twin (widths depend on the scores)."""
+    if v.stage == "base":
+        return (model_shape_family(cfg, v.model), "base")
+    if cfg.pruning.allocation == "uniform":
+        return (model_shape_family(cfg, v.model), v.level)
+    return (v.model, v.method, v.level, v.seed)
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -1259,4 +1363,4 @@ def run(args: Any) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv[1:]))
+    sys.exit(_server_main() if sys.argv[1:] == ["_server"] else _worker_main(sys.argv[1:]))

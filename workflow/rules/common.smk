@@ -8,6 +8,7 @@ from pathlib import Path
 from taskprune.config import format_level, parse_method, validate_config
 from taskprune.errors import TaskpruneError
 from taskprune import grid
+from taskprune.bench import bench_plan
 
 
 # ---------------------------------------------------------------------------- config validation
@@ -92,6 +93,7 @@ PRUNED = grid.pruned_variants(CFG)
 RECOVERED = grid.recovered_variants(CFG)
 BASES = grid.base_variants(CFG)
 ALL_VARIANTS = BASES + PRUNED + RECOVERED
+BENCH_PLAN = bench_plan(CFG)  # {measured variant: [variants its rows label]}
 
 
 def eval_outputs(variant):
@@ -101,36 +103,16 @@ def eval_outputs(variant):
 
 
 def bench_variants():
-    """Variants whose efficiency is measured: every distinct architecture (shape).
-
-    With uniform allocation, all variants of a model at one level share their shapes exactly, so one
-    representative per (model, level) is measured and its rows are attached to every variant of that
-    shape by the gather step. Global allocation gives each method its own shapes: all are measured.
-    """
-    chosen = list(BASES)
-    seen = set()
-    for v in PRUNED:
-        key = shape_key(v)
-        if key not in seen:
-            seen.add(key)
-            chosen.append(v)
-    return chosen
-
-
-def shape_key(v):
-    """Variants with equal keys have identical shapes (so identical cost to run)."""
-    if v.stage == "base":
-        return (v.model, "base")
-    if CFG.pruning.allocation == "uniform":
-        return (v.model, v.level)
-    return (v.model, v.method, v.level, v.seed)
+    """Variants whose efficiency is measured: one per distinct set of shapes (``taskprune.bench.bench_plan``:
+    a family's base models share one measurement, and with uniform allocation so does every variant at one
+    level across the family); the gather step attaches the rows to every variant of those shapes."""
+    return [grid.parse_variant(p) for p in BENCH_PLAN]
 
 
 def bench_labels(variant_path):
     """The other variants whose efficiency rows come from measuring ``variant_path``."""
-    rep = grid.parse_variant(variant_path)
-    key = shape_key(rep)
-    return [v.path for v in ALL_VARIANTS if shape_key(v) == key and v.path != rep.path]
+    return [p for p in BENCH_PLAN[variant_path] if p != variant_path]
+
 
 
 def final_outputs():
