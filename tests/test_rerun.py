@@ -109,9 +109,10 @@ def test_new_level_schedules_only_that_level(finished_run, tmp_path):
     assert {variant_of(j) for j in jobs.pop("recover")} == {(m, "selective", "20", "0") for m in MODELS}
     evaluated = {variant_of(j) for j in jobs.pop("evaluate")}
     assert evaluated == new | {(m, "selective", "20", "0", "recovered") for m in MODELS}
-    # one efficiency benchmark per new architecture (each model at level 20)
+    # one efficiency benchmark per new set of shapes: the two specialists share one architecture, so a
+    # single checkpoint at level 20 is measured and labels every level-20 variant of both
     benched = [variant_of(j) for j in jobs.pop("bench")]
-    assert sorted(v[0] for v in benched) == sorted(MODELS) and {v[2] for v in benched} == {"20"}
+    assert len(benched) == 1 and benched[0][0] in MODELS and benched[0][2] == "20", benched
     assert set(jobs) <= GATHER_RULES, f"unexpected jobs: {sorted(set(jobs) - GATHER_RULES)}"
 
 
