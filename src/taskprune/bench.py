@@ -644,6 +644,14 @@ def _worker_main(argv: Sequence[str]) -> int:
 # ------------------------------------------------------------------------------------- parent
 
 
+def _worker_env(threads: int | None) -> dict[str, str]:
+    """The environment of a measurement process: ours, with the thread count pinned when one is set."""
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
 class WorkerServer:
     """A clean interpreter that has imported torch and transformers and nothing else, and forks one fresh
     child per measurement (``python -m taskprune.bench _server``).
@@ -656,18 +664,15 @@ class WorkerServer:
     """
 
     def __init__(self, threads: int | None) -> None:
-        env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-        if threads:
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "taskprune.bench", "_server"], env=env, stdin=subprocess.PIPE,
+            [sys.executable, "-m", "taskprune.bench", "_server"], env=_worker_env(threads), stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
         )  # fmt: skip
 
     def run(self, spec_path: Path, out_path: Path, err_path: Path) -> int:
         """Run one measurement in a forked child; its exit code (124 when it ran over the timeout)."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(f"{spec_path}\t{out_path}\t{err_path}\t{WORKER_TIMEOUT_S}\n")
+        self.proc.stdin.write(f"{spec_path}\t{out_path}\t{err_path}\n")
         self.proc.stdin.flush()
         reply = self.proc.stdout.readline()
         if not reply:
@@ -687,7 +692,7 @@ class WorkerServer:
 
 
 def _server_main() -> int:
-    """The loop of :class:`WorkerServer`: one line ``SPEC\tOUT\tERR\tTIMEOUT`` in, one exit code out."""
+    """The loop of :class:`WorkerServer`: one line ``SPEC\tOUT\tERR`` in, one exit code out."""
     import torch  # noqa: F401 - the imports the children inherit
     import transformers  # noqa: F401
     from transformers import AutoModelForCausalLM  # noqa: F401
@@ -695,7 +700,7 @@ def _server_main() -> int:
     import taskprune.modeling  # noqa: F401
 
     for line in sys.stdin:
-        spec_path, out_path, err_path, timeout = line.rstrip("\n").split("\t")
+        spec_path, out_path, err_path = line.rstrip("\n").split("\t")
         pid = os.fork()
         if pid == 0:  # the child: one measurement, then exit without running the server's cleanup
             code = 1
@@ -703,7 +708,7 @@ def _server_main() -> int:
                 fd = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 os.dup2(fd, 1)
                 os.dup2(fd, 2)
-                signal.alarm(int(timeout))
+                signal.alarm(WORKER_TIMEOUT_S)
                 with contextlib.suppress(OSError):  # Linux >= 4.0: reset the peak RSS to the current RSS
                     Path("/proc/self/clear_refs").write_text("5")
                 code = _worker_main(["_worker", spec_path, out_path])
@@ -732,13 +737,12 @@ def _run_worker(spec: dict[str, Any], workdir: Path, label: str, server: WorkerS
         returncode = server.run(spec_path, out_path, err_path)
         stderr = err_path.read_text(errors="replace") if err_path.is_file() else ""
     else:
-        env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-        if spec.get("threads"):
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(spec["threads"])
         cmd = [sys.executable, "-m", "taskprune.bench", "_worker", str(spec_path), str(out_path)]
         log.debug("bench worker %s: %s", label, " ".join(cmd))
         try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
+            proc = subprocess.run(
+                cmd, env=_worker_env(spec.get("threads")), capture_output=True, text=True, timeout=WORKER_TIMEOUT_S
+            )
             returncode, stderr = proc.returncode, proc.stderr
         except subprocess.TimeoutExpired:
             returncode, stderr = 124, ""

@@ -68,19 +68,18 @@ _MAX_SLOTS = 64
 _OUTPUT_TAIL = 8192  # bytes of stdout/stderr kept in the result
 
 # The harness is run as
-# ``python -I -c HARNESS program.py MEMORY_BYTES CPU_S FSIZE_BYTES NOFILE NPROC GUARD LANDLOCK``.
+# ``python -I -c HARNESS program.py MEMORY_BYTES CPU_S FSIZE_BYTES NOFILE NPROC GUARD LANDLOCK_ABI``
+# (``LANDLOCK_ABI`` 0 = no Landlock).
 # It reads the token from stdin (then points stdin at /dev/null), sets the limits, runs the program in a
 # fresh namespace, and writes the token with functions it saved before the program could replace them.
 HARNESS = r"""
 import os, sys, resource
-def _landlock(work):
-    # Landlock (Linux >= 5.13, unprivileged): from here on this process and its children may create,
-    # write, truncate, rename or delete files only beneath ``work`` (and write /dev/null); reads stay open.
+def _landlock(work, abi):
+    # Landlock (Linux >= 5.13, unprivileged; ``abi`` = the kernel's Landlock ABI, probed by the parent):
+    # from here on this process and its children may create, write, truncate, rename or delete files only
+    # beneath ``work`` (and write /dev/null); reads stay open.
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
-    abi = libc.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1))  # landlock_create_ruleset(VERSION)
-    if abi < 1:
-        raise SystemExit(f"sandbox: landlock unavailable (errno {ctypes.get_errno()})")
     write_file = 1 << 1
     handled = write_file | sum(1 << bit for bit in range(4, 13))  # REMOVE_DIR/FILE, MAKE_CHAR..MAKE_SYM
     truncate = (1 << 14) if abi >= 3 else 0
@@ -109,7 +108,7 @@ def _main():
     path = sys.argv[1]
     memory, cpu, fsize, nofile, nproc, guard, landlock = (int(x) for x in sys.argv[2:9])
     if landlock:
-        _landlock(os.path.dirname(path))
+        _landlock(os.path.dirname(path), landlock)
     for res, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_FSIZE, fsize),
                        (resource.RLIMIT_NOFILE, nofile), (resource.RLIMIT_NPROC, nproc),
                        (resource.RLIMIT_CORE, 0)):
@@ -345,7 +344,7 @@ def run_program(
     cpu_s = max(1, math.ceil(timeout_s))
     cmd += [
         sandbox_python(), "-I", "-c", HARNESS, str(program_path), str(memory_mb * 2**20), str(cpu_s),
-        str(max_file_mb * 2**20), "64", str(nproc), str(int(use_guard)), str(int(landlock_abi() >= 1)),
+        str(max_file_mb * 2**20), "64", str(nproc), str(int(use_guard)), str(landlock_abi()),
     ]
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8",

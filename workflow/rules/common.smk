@@ -114,7 +114,6 @@ def bench_labels(variant_path):
     return [p for p in BENCH_PLAN[variant_path] if p != variant_path]
 
 
-
 def final_outputs():
     outs = [f"results/data/{t}/{s}.parquet" for t in CFG.tasks for s in SPLITS]
     outs += [f"results/models/{m}" for m, mc in CFG.models.items() if mc.source == "train"]
