@@ -26,6 +26,7 @@ from taskprune.evaluate import (
     truncate_base_completion,
     wilson_interval,
 )
+from taskprune.metric_names import FINAL_ANSWER_NUMERIC_MATCH, HEADLINE_METRIC
 from taskprune.metrics import METRICS_COLUMNS
 from taskprune.sandbox import run_programs
 
@@ -239,7 +240,7 @@ def test_evaluate_cli_end_to_end(workspace, capsys):
         same = pl.read_parquet(same_dir / f"{task}.parquet")
         assert same["generation"].to_list() == df["generation"].to_list()
     math_df = pl.read_parquet(base_dir / "math.parquet")
-    assert {"extracted", "correct_strict", "correct_flexible"} <= set(math_df.columns)
+    assert {"extracted", "correct_formatted", "correct_numeric"} <= set(math_df.columns)
     code_df = pl.read_parquet(base_dir / "code.parquet")
     assert code_df["program_passed"].to_list() == code_df["correct"].to_list()
     qna_df = pl.read_parquet(other_dir / "qna.parquet")
@@ -264,8 +265,8 @@ def test_evaluate_cli_end_to_end(workspace, capsys):
     for v in metrics:
         for task in ("conversation", "qna"):
             assert value(v, task, "retention_token_f1")["n"] == len(rows[task])
-        assert value(v, "math", "accuracy")["value"] == value(v, "math", "exact_match_flexible")["value"]
-        assert value(v, "code", "accuracy")["value"] == value(v, "code", "pass@1")["value"]
+        assert value(v, "math", HEADLINE_METRIC)["value"] == value(v, "math", FINAL_ANSWER_NUMERIC_MATCH)["value"]
+        assert value(v, "code", HEADLINE_METRIC)["value"] == value(v, "code", "pass@1")["value"]
     assert value("tiny/selective/10/0", "conversation", "retention_token_f1")["value"] == 1.0
     assert value("tiny/selective/10/0", "qna", "retention_chrf")["value"] == 1.0
     assert value("tiny/random/10/33", "conversation", "retention_chrf")["value"] < 1.0
@@ -281,7 +282,7 @@ def test_evaluate_cli_end_to_end(workspace, capsys):
     assert value("tiny/base", "math", "mean_new_tokens")["value"] == pytest.approx(math_df["n_tokens"].mean())
     rand = value("tiny/random/10/33", "qna", "qna_f1")
     assert (rand["direction"], rand["score"], rand["level_pct"], rand["seed"], rand["stage"]) == ("random", "random", 10.0, 33, "pruned")
-    base_row = value("tiny/base", "math", "accuracy")
+    base_row = value("tiny/base", "math", HEADLINE_METRIC)
     assert (base_row["method"], base_row["direction"], base_row["score"], base_row["level"]) == ("base", "base", "none", "0")
 
     # the collector
@@ -321,10 +322,10 @@ def test_metric_rows_cover_contract_names():
     rows = {r[0]: r for r in task_metric_rows("code", df, n_samples=2)}
     assert rows["pass@1"][1] == pytest.approx((0.5 + 0.0) / 2)
     assert rows["pass@2"][1] == pytest.approx((1.0 + 0.0) / 2)
-    assert rows["accuracy"][1] == rows["pass@1"][1]
+    assert rows[HEADLINE_METRIC][1] == rows["pass@1"][1]
     assert rows["pass@1"][2] == 2  # n counts tasks
     names = collections.Counter(r[0] for r in task_metric_rows("code", df.head(2).with_columns(id=pl.Series(["a", "b"])), 1))
-    assert set(names) == {"accuracy", "pass@1", "trap_rate", "mean_new_tokens"}
+    assert set(names) == {HEADLINE_METRIC, "pass@1", "trap_rate", "mean_new_tokens"}
 
 
 def test_evaluate_code_with_samples(workspace):
@@ -343,6 +344,6 @@ def test_evaluate_code_with_samples(workspace):
     assert df.group_by("id").agg(pl.col("sample").sort())["sample"].to_list() == [[0, 1, 2]] * len(rows["code"])
     metrics = pl.read_parquet(out / "metrics.parquet")
     names = set(metrics["metric"].to_list())
-    assert {"accuracy", "pass@1", "pass@3", "trap_rate", "mean_new_tokens"} <= names
+    assert {HEADLINE_METRIC, "pass@1", "pass@3", "trap_rate", "mean_new_tokens"} <= names
     per_task = df.group_by("id").agg(pl.col("correct").mean())["correct"].mean()
     assert metrics.filter(pl.col("metric") == "pass@1")["value"].item() == pytest.approx(per_task)

@@ -12,6 +12,7 @@ import pytest
 
 from taskprune import figures
 from taskprune.cli import main
+from taskprune.metric_names import HEADLINE_METRIC
 
 LEVELS = (10, 30)
 D_FF, LAYERS = 24, 2
@@ -41,7 +42,7 @@ def synthetic_results(root: Path, methods=("selective", "reverse", "reverse-magn
         for method, lv, seed, stage in variants:
             drop = {"base": 0, "selective": 0.1, "random": 0.5, "reverse": 0.95}.get(method, 0.7) * lv / 30
             acc = 0.6 * (1 - drop) + (0.05 if stage == "recovered" else 0) + 0.01 * (seed % 2)
-            rows.append(_row(model, method, lv, seed, stage, task, "accuracy", acc))
+            rows.append(_row(model, method, lv, seed, stage, task, HEADLINE_METRIC, acc))
             rows.append(_row(model, method, lv, seed, stage, task, "trap_rate", 0.3 * drop))
             for d in ("conversation", "qna"):
                 rows.append(_row(model, method, lv, seed, stage, d, "retention_token_f1", 1 - 0.5 * lv / 30))

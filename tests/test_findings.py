@@ -10,6 +10,7 @@ import pytest
 
 from taskprune import findings as F
 from taskprune.cli import main
+from taskprune.metric_names import HEADLINE_METRIC
 
 Z = 1.959963984540054
 
@@ -26,7 +27,7 @@ def wilson(p: float, n: int) -> tuple[float, float]:
 
 
 def acc_row(model: str, method: str, level: float, value: float, *, n: int = 200, seed: int = 0,
-            stage: str = "pruned", task: str = "math", metric: str = "accuracy") -> dict:
+            stage: str = "pruned", task: str = "math", metric: str = HEADLINE_METRIC) -> dict:
     if method == "base":
         direction, score, stage, level = "base", "none", "base", 0
     elif method == "random":

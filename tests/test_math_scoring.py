@@ -6,7 +6,22 @@ from fractions import Fraction
 
 import pytest
 
-from taskprune.evaluate import formatted_answer, math_answer, normalize_answer, parse_number, score_math
+from taskprune.evaluate import (
+    formatted_answer,
+    math_answer,
+    math_verify_match,
+    normalize_answer,
+    parse_number,
+    score_math,
+    score_math_table,
+    task_metric_rows,
+)
+from taskprune.metric_names import (
+    FINAL_ANSWER_MATH_VERIFY,
+    FINAL_ANSWER_NUMERIC_MATCH,
+    FORMATTED_ANSWER_MATCH,
+    HEADLINE_METRIC,
+)
 
 
 @pytest.mark.parametrize(
@@ -60,14 +75,14 @@ def test_parse_number_exact():
 
 
 @pytest.mark.parametrize(
-    ("generation", "reference", "strict", "flexible"),
+    ("generation", "reference", "formatted_match", "numeric_match"),
     [
         ("3 + 4 = 7\n#### 7", "7", True, True),
         ("#### 7.0", "7", True, True),  # trailing zeros
         ("#### 1,000", "1000", True, True),  # commas
         (r"\boxed{\$18}", "18", True, True),  # dollar sign
         (r"\boxed{0.5}", "1/2", True, True),  # simple fractions
-        ("The answer is 7", "7", False, True),  # flexible only: no #### / boxed
+        ("The answer is 7", "7", False, True),  # numeric only: no #### / boxed
         (r"\boxed{18 \text{ dollars}}", "18", False, True),  # units inside the box
         ("#### 8", "7", False, False),
         ("#### 7\nbut actually the answer is 8", "7", True, True),  # #### takes precedence over last number
@@ -78,8 +93,8 @@ def test_parse_number_exact():
         ("#### 12", "-12", False, False),
     ],
 )
-def test_score_math(generation, reference, strict, flexible):
-    assert score_math(generation, reference) == (strict, flexible)
+def test_score_math(generation, reference, formatted_match, numeric_match):
+    assert score_math(generation, reference) == (formatted_match, numeric_match)
 
 
 def test_formatted_answer_requires_format():
@@ -89,7 +104,7 @@ def test_formatted_answer_requires_format():
     assert formatted_answer(r"\boxed{a{b}c}") == "a{b}c"
 
 
-def test_strict_implies_flexible_on_random_strings():
+def test_formatted_match_implies_numeric_match_on_random_strings():
     import random
 
     rng = random.Random(0)
@@ -97,5 +112,55 @@ def test_strict_implies_flexible_on_random_strings():
     for _ in range(2000):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
         for ref in ("7", "1000", "0.5", "-2"):
-            strict, flexible = score_math(text, ref)
-            assert not strict or flexible, (text, ref)
+            formatted_match, numeric_match = score_math(text, ref)
+            assert not formatted_match or numeric_match, (text, ref)
+
+
+# ------------------------------------------------------------------- math-verify (LaTeX equivalence)
+@pytest.mark.parametrize(
+    ("generation", "reference", "equivalent"),
+    [
+        # fractions: LaTeX vs decimal, unreduced vs reduced, \dfrac
+        (r"so the share is $\boxed{\frac{3}{4}}$", "0.75", True),
+        (r"$\boxed{\dfrac{6}{8}}$", r"\frac{3}{4}", True),
+        (r"$\boxed{\frac{3}{4}}$", "0.7", False),
+        (r"$\boxed{\frac{1}{3}}$", "0.3333", False),  # rounding is not equality
+        # \boxed{} nesting: the inner value counts, and the last box is the answer
+        (r"The answer is $\boxed{\boxed{12}}$", "12", True),
+        (r"first $\boxed{3}$, corrected: $\boxed{4}$", "4", True),
+        (r"first $\boxed{3}$, corrected: $\boxed{4}$", "3", False),
+        # units
+        (r"$\boxed{18 \text{ dollars}}$", "18", True),
+        (r"$\boxed{5\,\mathrm{cm}}$", "5", True),
+        # thousands separators (in and out of the box) and GSM8K's #### line
+        (r"$\boxed{1,234}$", "1234", True),
+        ("#### 1,234", "1234", True),
+        ("#### 1,235", "1234", False),
+        # symbolic equality that number parsing cannot see
+        (r"$\boxed{\sqrt{2}/2}$", r"\frac{\sqrt{2}}{2}", True),
+        ("no answer here", "7", False),
+    ],
+)
+def test_math_verify_match(generation, reference, equivalent):
+    assert math_verify_match(generation, reference) is equivalent
+
+
+def test_number_parsing_misses_what_math_verify_sees():
+    """The reason for the switch: a LaTeX answer our number normalisation cannot read."""
+    generation, reference = r"$\boxed{\frac{\sqrt{2}}{2}}$", r"\frac{1}{\sqrt{2}}"
+    assert score_math(generation, reference) == (False, False)
+    assert math_verify_match(generation, reference)
+
+
+def test_math_verify_becomes_the_headline():
+    import polars as pl
+
+    df = pl.DataFrame({"generation": [r"$\boxed{\frac{\sqrt{2}}{2}}$", "#### 7", "8"],
+                       "reference": [r"\frac{1}{\sqrt{2}}", "7", "7"],
+                       "hit_limit": [False, False, False], "n_tokens": [9, 3, 1]})
+    plain = {m: v for m, v, *_ in task_metric_rows("math", score_math_table(df))}
+    assert plain[HEADLINE_METRIC] == plain[FINAL_ANSWER_NUMERIC_MATCH] == pytest.approx(1 / 3)
+    assert plain[FORMATTED_ANSWER_MATCH] == pytest.approx(1 / 3) and FINAL_ANSWER_MATH_VERIFY not in plain
+    verified = {m: v for m, v, *_ in task_metric_rows("math", score_math_table(df, use_math_verify=True))}
+    assert verified[HEADLINE_METRIC] == verified[FINAL_ANSWER_MATH_VERIFY] == pytest.approx(2 / 3)
+    assert verified[FINAL_ANSWER_NUMERIC_MATCH] == pytest.approx(1 / 3)

@@ -9,7 +9,7 @@ is loaded once), and writes
 
 - ``results/eval/{variant}/{task}.parquet``: one row per item with the raw generation, so every metric can
   be recomputed without generating again (``id, prompt, generation, n_tokens, hit_limit`` + per kind:
-  math ``extracted, correct_strict, correct_flexible``; code ``program_passed, correct``; distractors
+  math ``extracted, correct_formatted, correct_numeric`` (+ ``correct_math_verify``); code ``program_passed, correct``; distractors
   ``token_f1, chrf`` (+ ``embedding_cosine``) against the base model's answer; QnA also ``em_ref, f1_ref``
   against the reference answer);
 - ``results/eval/{variant}/metrics.parquet``: that variant's rows of ``results/metrics.parquet`` (see
@@ -18,10 +18,13 @@ is loaded once), and writes
 Scoring rules:
 
 - **Math**: the final answer is the last ``\\boxed{...}`` (nested braces allowed), else the first
-  ``#### N``, else the last number. *Strict*: a ``\\boxed{}`` or ``####`` answer exists and its normalised
-  string equals the normalised reference. *Flexible*: the extracted answer (any of the three) equals the
-  reference as a number (exact rational comparison after normalisation; a number inside text such as
-  ``18 dollars`` counts). Normalisation drops ``$``, ``%``, thousands commas, LaTeX spacing and
+  ``#### N``, else the last number. ``formatted_answer_match``: a ``\\boxed{}`` or ``####`` answer exists
+  and its normalised string equals the normalised reference. ``final_answer_numeric_match``: the extracted
+  answer (any of the three) equals the reference as a number (exact rational comparison after
+  normalisation; a number inside text such as ``18 dollars`` counts). ``final_answer_math_verify`` (with
+  ``evaluation.math_verify``, for LaTeX answers such as Qwen2.5-Math's ``\\boxed{\\frac{3}{4}}``):
+  HF math-verify's ``parse``/``verify`` equivalence. The names and how they map to lm-eval's GSM8K
+  ``strict-match``/``flexible-extract`` filters are in :mod:`taskprune.metric_names`. Normalisation drops ``$``, ``%``, thousands commas, LaTeX spacing and
   ``\\text{}``, turns ``\\frac{a}{b}``/``a/b`` into numbers and writes numbers canonically (``18.50`` ->
   ``18.5``, ``1/2`` -> ``0.5``, ``4/1`` -> ``4``).
 - **Code**: base-style completions are cut at the first new top-level ``def``/``class``/``if``/
@@ -51,6 +54,12 @@ from pathlib import Path
 from typing import Any
 
 from taskprune.errors import ConfigError, DataError
+from taskprune.metric_names import (
+    FINAL_ANSWER_MATH_VERIFY,
+    FINAL_ANSWER_NUMERIC_MATCH,
+    FORMATTED_ANSWER_MATCH,
+    HEADLINE_METRIC,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -189,16 +198,44 @@ def _as_number(answer: str) -> Fraction | None:
 
 
 def score_math(generation: str, reference: str) -> tuple[bool, bool]:
-    """(strict, flexible) exact match of a math generation against the reference answer."""
+    """(formatted_answer_match, final_answer_numeric_match) of a math generation against the reference
+    (see :mod:`taskprune.metric_names`)."""
     ref = normalize_answer(str(reference))
     formatted = formatted_answer(generation)
-    strict = formatted is not None and normalize_answer(formatted) == ref
+    formatted_match = formatted is not None and normalize_answer(formatted) == ref
     answer = math_answer(generation)
     if answer is None:
-        return strict, False
+        return formatted_match, False
     ref_value, value = parse_number(ref), _as_number(answer)
-    flexible = (value == ref_value) if (ref_value is not None and value is not None) else answer == ref
-    return strict, flexible or strict
+    numeric = (value == ref_value) if (ref_value is not None and value is not None) else answer == ref
+    return formatted_match, numeric or formatted_match
+
+
+def math_verify_match(generation: str, reference: str) -> bool:
+    """HF math-verify's equivalence of a generation's answer and the reference (LaTeX-aware: fractions,
+    nested ``\\boxed{}``, units, percentages, thousands separators, symbolic equality).
+
+    The generation is parsed with math-verify's default extraction (``\\boxed{}`` first, then LaTeX and
+    plain expressions); a GSM8K-style ``#### N`` answer without ``\\boxed{}`` is read from that line.
+    The reference is parsed as a LaTeX expression. math-verify's timeouts use ``signal.alarm``, which
+    only works in the main thread; elsewhere they are off.
+    """
+    import threading
+
+    from math_verify import parse, verify
+
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    target = generation
+    if _last_boxed(generation) is None and (hashed := _hash_answer(generation)) is not None:
+        target = f"${hashed}$"
+    ref = str(reference).strip()
+    gold = parse(ref if "$" in ref or "\\boxed" in ref else f"${ref}$", parsing_timeout=timeout)
+    if not gold:
+        gold = parse(ref, parsing_timeout=timeout)
+    pred = parse(target, parsing_timeout=timeout)
+    if not gold or not pred:
+        return False
+    return bool(verify(gold, pred, timeout_seconds=timeout))
 
 
 # ----------------------------------------------------------------------------------------------- code
@@ -438,17 +475,22 @@ def mean_row(metric: str, values: Sequence[float]) -> tuple[str, float, int, flo
 # ------------------------------------------------------------------------------------------- scoring
 
 
-def score_math_table(df: Any) -> Any:
-    """Add ``extracted, correct_strict, correct_flexible`` to a table with ``generation, reference``."""
+def score_math_table(df: Any, use_math_verify: bool = False) -> Any:
+    """Add ``extracted, correct_formatted, correct_numeric`` (+ ``correct_math_verify``) to a table with
+    ``generation, reference``."""
     import polars as pl
 
     gens, refs = df["generation"].to_list(), [str(r) for r in df["reference"].to_list()]
     scores = [score_math(g, r) for g, r in zip(gens, refs, strict=True)]
-    return df.with_columns(
+    df = df.with_columns(
         pl.Series("extracted", [math_answer(g) for g in gens], dtype=pl.String),
-        pl.Series("correct_strict", [s[0] for s in scores], dtype=pl.Boolean),
-        pl.Series("correct_flexible", [s[1] for s in scores], dtype=pl.Boolean),
+        pl.Series("correct_formatted", [s[0] for s in scores], dtype=pl.Boolean),
+        pl.Series("correct_numeric", [s[1] for s in scores], dtype=pl.Boolean),
     )
+    if use_math_verify:
+        verified = [math_verify_match(g, r) for g, r in zip(gens, refs, strict=True)]
+        df = df.with_columns(pl.Series("correct_math_verify", verified, dtype=pl.Boolean))
+    return df
 
 
 def code_programs_for(df: Any, style: str) -> list[str]:
@@ -481,13 +523,16 @@ def task_metric_rows(kind: str, df: Any, n_samples: int = 1) -> list[tuple[str, 
     """(metric, value, n, ci_low, ci_high) rows of one scored task table (see the metrics contract)."""
     rows: list[tuple[str, float, int, float, float]] = []
     if kind == "math":
-        strict, flexible = df["correct_strict"].to_list(), df["correct_flexible"].to_list()
-        rows.append(proportion_row("accuracy", flexible))
-        rows.append(proportion_row("exact_match_strict", strict))
-        rows.append(proportion_row("exact_match_flexible", flexible))
+        formatted, numeric = df["correct_formatted"].to_list(), df["correct_numeric"].to_list()
+        verified = df["correct_math_verify"].to_list() if "correct_math_verify" in df.columns else None
+        rows.append(proportion_row(HEADLINE_METRIC, verified if verified is not None else numeric))
+        rows.append(proportion_row(FORMATTED_ANSWER_MATCH, formatted))
+        rows.append(proportion_row(FINAL_ANSWER_NUMERIC_MATCH, numeric))
+        if verified is not None:
+            rows.append(proportion_row(FINAL_ANSWER_MATH_VERIFY, verified))
     elif kind == "code":
         if n_samples == 1:
-            rows.append(proportion_row("accuracy", df["correct"].to_list()))
+            rows.append(proportion_row(HEADLINE_METRIC, df["correct"].to_list()))
             rows.append(proportion_row("pass@1", df["correct"].to_list()))
         else:
             import polars as pl
@@ -499,7 +544,7 @@ def task_metric_rows(kind: str, df: Any, n_samples: int = 1) -> list[tuple[str, 
                     continue
                 values = [pass_at_k(int(n), int(c), k) for n, c in zip(ns, cs, strict=True)]
                 if k == 1:
-                    rows.append(mean_row("accuracy", values))
+                    rows.append(mean_row(HEADLINE_METRIC, values))
                 rows.append(mean_row(f"pass@{k}", values))
     else:
         rows.append(mean_row("retention_token_f1", df["token_f1"].to_list()))
@@ -684,7 +729,7 @@ def run(args: argparse.Namespace) -> int:
                 pl.Series("hit_limit", [g.hit_limit for g in gens], dtype=pl.Boolean),
             )
             if kind == "math":
-                df = score_math_table(df)
+                df = score_math_table(df, use_math_verify=evaluation.math_verify)
             elif kind == "code":
                 sandbox = evaluation.sandbox
                 future = background.submit(
@@ -735,6 +780,6 @@ def _finish_task(
     for metric, value, n, low, high in task_metric_rows(kind, df, n_samples):
         metric_rows.append({**ident, "task": task, "task_kind": kind, "metric": metric, "value": value,
                             "n": n, "ci_low": low, "ci_high": high})
-    headline = {"math": "accuracy", "code": "accuracy"}.get(kind, "retention_token_f1")
+    headline = HEADLINE_METRIC if kind in ("math", "code") else "retention_token_f1"
     value = next((r["value"] for r in metric_rows[::-1] if r["task"] == task and r["metric"] == headline), math.nan)
     logger.info("%s %s: %s = %.3f (n = %d)", variant.path, task, headline, value, df.height)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskprune.errors import DataError
 from taskprune.io import atomic_path, read_json, read_parquet, write_text
+from taskprune.metric_names import HEADLINE_METRIC
 
 if TYPE_CHECKING:  # heavy imports stay out of module import: the Snakefile imports FIGURES at parse time
     import pandas as pd
@@ -244,7 +245,7 @@ class Results:
         self.widths = widths or {}
         self.findings = findings
         self.models = sorted(metrics["model"].unique().to_list())
-        targets = metrics.filter(pl.col("metric") == "accuracy").select("model", "task").unique()
+        targets = metrics.filter(pl.col("metric") == HEADLINE_METRIC).select("model", "task").unique()
         self.target_task = dict(targets.iter_rows())
 
     def rows(self, model: str, metric: str, *, task: str | None = None, method: str | None = None,
@@ -262,7 +263,7 @@ class Results:
         r = self.rows(model, metric, task=task, stage="base")
         return r.row(0, named=True) if r.height else None
 
-    def methods(self, model: str, metric: str = "accuracy", stage: str = "pruned") -> list[str]:
+    def methods(self, model: str, metric: str = HEADLINE_METRIC, stage: str = "pruned") -> list[str]:
         return method_order(self.rows(model, metric, stage=stage)["method"].unique().to_list())
 
     def distractors(self, model: str) -> list[str]:
@@ -315,8 +316,8 @@ def fig_accuracy_vs_level(res: Results) -> Figure:
     fig, axes = _subplots(len(res.models), ncols, (3.6 * ncols + 0.6, 3.0 * len(res.models) + 1.6), sharey="row")
     for i, model in enumerate(res.models):
         task = res.task_label(model)
-        base = res.base(model, "accuracy")
-        random = curve(res.rows(model, "accuracy", method="random"))
+        base = res.base(model, HEADLINE_METRIC)
+        random = curve(res.rows(model, HEADLINE_METRIC, method="random"))
         for j in range(ncols):
             ax = axes[i][j]
             if j >= len(panels[model]):
@@ -325,7 +326,7 @@ def fig_accuracy_vs_level(res: Results) -> Figure:
             score = panels[model][j]
             for direction in ("selective", "reverse"):
                 m = _method_for(direction, score)
-                plot_curve(ax, curve(res.rows(model, "accuracy", method=m)), m)
+                plot_curve(ax, curve(res.rows(model, HEADLINE_METRIC, method=m)), m)
             plot_curve(ax, random, "random", label="random (mean; band = range over seeds)")
             plot_base(ax, base)
             ax.set_title(f"{model} — pruning by {score}", fontsize=10)
@@ -349,13 +350,13 @@ def fig_reverse_collapse(res: Results) -> Figure:
     for i, model in enumerate(res.models):
         ax_line, ax_bar = axes[i]
         task = res.task_label(model)
-        base = res.base(model, "accuracy")
+        base = res.base(model, HEADLINE_METRIC)
         methods = [m for m in res.methods(model) if m.startswith("reverse") or m in ("selective", "random")]
         if not methods:
             _empty(ax_line, f"{model}: no reverse, selective or random variants evaluated")
             _empty(ax_bar, "")
             continue
-        curves = {m: curve(res.rows(model, "accuracy", method=m)) for m in methods}
+        curves = {m: curve(res.rows(model, HEADLINE_METRIC, method=m)) for m in methods}
         for m, c in curves.items():
             plot_curve(ax_line, c, m, label="random (mean; band = range over seeds)" if m == "random" else None)
         plot_base(ax_line, base)
@@ -423,8 +424,8 @@ def fig_recovery(res: Results) -> Figure:
         ticks = res.level_ticks(model)
         spacing = min((b - a for (a, _), (b, _) in zip(ticks, ticks[1:], strict=False)), default=10.0)
         for m in methods:
-            rec = curve(res.rows(model, "accuracy", method=m, stage="recovered"))
-            pruned = curve(res.rows(model, "accuracy", method=m))
+            rec = curve(res.rows(model, HEADLINE_METRIC, method=m, stage="recovered"))
+            pruned = curve(res.rows(model, HEADLINE_METRIC, method=m))
             pruned = pruned[pruned["level_pct"].isin(rec["level_pct"])]
             color = method_style(m)["color"]
             plot_curve(ax, pruned, m, label=f"{method_label(m)}: pruned", band="errorbar", x_offset=-0.08 * spacing,
@@ -437,7 +438,7 @@ def fig_recovery(res: Results) -> Figure:
                     ax.annotate("", xy=(r["level_pct"] + 0.08 * spacing, 100 * r["value"]),
                                 xytext=(r["level_pct"] - 0.08 * spacing, 100 * p.iloc[0]["value"]),
                                 arrowprops={"arrowstyle": "->", "color": color, "alpha": 0.5, "linewidth": 1})  # fmt: skip
-        plot_base(ax, res.base(model, "accuracy"))
+        plot_base(ax, res.base(model, HEADLINE_METRIC))
         ax.set_title(f"{model}", fontsize=10)
         ax.set_xlabel(LEVEL_AXIS, fontsize=9)
         ax.set_ylabel(f"{res.task_label(model)} accuracy (%)")
@@ -820,7 +821,7 @@ def summary_table(res: Results) -> pd.DataFrame:
         sel = m.filter(pl.all_horizontal([pl.col(k) == g[k] for k in keys]))
         target = res.target_task.get(g["model"])
         row: dict[str, Any] = {**g, "task": target}
-        acc = sel.filter((pl.col("metric") == "accuracy") & (pl.col("task") == target)).to_dicts()
+        acc = sel.filter((pl.col("metric") == HEADLINE_METRIC) & (pl.col("task") == target)).to_dicts()
         row["n_seeds"] = len(acc)
         if acc:
             e = estimate(acc)

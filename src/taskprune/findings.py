@@ -42,6 +42,7 @@ import polars as pl
 
 from taskprune.errors import DataError
 from taskprune.io import read_parquet, write_json, write_text
+from taskprune.metric_names import HEADLINE_METRIC
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +262,7 @@ EFFICIENCY_COLUMNS = (
     "model", "method", "level", "level_pct", "seed", "stage", "batch_size", "phase",
     "params_total", "peak_memory_bytes", "tokens_per_s", "tokens_per_s_q1", "tokens_per_s_q3",
 )  # fmt: skip
-TARGET_METRIC = "accuracy"
+TARGET_METRIC = HEADLINE_METRIC  # the target task's headline metric (taskprune.metric_names)
 
 
 def load_metrics(path: str | Path) -> pl.DataFrame:
