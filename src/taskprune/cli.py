@@ -25,6 +25,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "prune": ("taskprune.prune", "physically remove MLP neurons into a smaller checkpoint"),
     "recover": ("taskprune.recover", "LoRA fine-tune a pruned checkpoint and merge it back"),
     "evaluate": ("taskprune.evaluate", "generate and score one model variant on its tasks"),
+    "harness": ("taskprune.harness", "evaluate one model variant with lm-evaluation-harness (lm_eval)"),
     "metrics": ("taskprune.metrics", "collect evaluation outputs into results/metrics.parquet"),
     "bench": ("taskprune.bench", "efficiency benchmarks: parameters, memory, tokens/s"),
     "bench-stats": ("taskprune.bench_stats", "benchmark statistics collection against baselines"),

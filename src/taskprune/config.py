@@ -300,6 +300,44 @@ class EvaluationConfig(_Strict):
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
 
 
+class HarnessSelection(_Strict):
+    """Which checkpoints the harness evaluates: ``method: base`` is the base model; otherwise a pruning
+    method's variants at the given levels and seeds, pruned or (where recovery made them) recovered."""
+
+    method: str
+    stage: Literal["pruned", "recovered"] = "pruned"
+    levels: list[float] | Literal["all", "max"] = "all"
+    seeds: list[int] | Literal["all", "first"] = "first"
+
+    @field_validator("method")
+    @classmethod
+    def _m(cls, v: str) -> str:
+        if v != "base":
+            parse_method(v)
+        return v
+
+
+class HarnessConfig(_Strict):
+    """lm-evaluation-harness on selected checkpoints (``taskprune harness``, results/harness/)."""
+
+    enabled: bool = False
+    tasks: list[str] = Field(default_factory=lambda: ["taskprune_math"], min_length=1,
+                             description="lm-eval task or group names, or local tasks (see local_tasks)")
+    local_tasks: dict[str, str] = Field(
+        default_factory=lambda: {"taskprune_math": "math"},
+        description="local task (resources/harness/NAME.yaml) -> our math task whose eval split it reads",
+    )
+    limit: int | None = Field(None, ge=1, description="items per lm-eval task (None: all)")
+    num_fewshot: int | None = Field(None, ge=0, description="None: each task's own default")
+    batch_size: int = Field(16, ge=1)
+    max_gen_toks: int | None = Field(None, ge=1, description="generation length (None: lm-eval's default 256)")
+    max_length: int | None = Field(None, ge=16, description="context length (None: from the model config)")
+    models: list[str] | None = Field(None, description="models to evaluate (None: all)")
+    variants: list[HarnessSelection] = Field(
+        default_factory=lambda: [HarnessSelection(method="base"), HarnessSelection(method="selective")]
+    )
+
+
 class BenchConfig(_Strict):
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 32])
     prompt_tokens: int = Field(64, ge=1)
@@ -335,6 +373,7 @@ class Config(_Strict):
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
+    harness: HarnessConfig = Field(default_factory=HarnessConfig)
 
     @model_validator(mode="after")
     def _one_seed(self) -> Config:
@@ -364,6 +403,12 @@ class Config(_Strict):
             _, score = parse_method(method)
             if score != "random" and score not in self.scores.methods:
                 raise ValueError(f"pruning.methods: '{method}' needs score method '{score}' in scores.methods")
+        for model in self.harness.models or []:
+            if model not in self.models:
+                raise ValueError(f"harness.models: '{model}' is not a model (models: {', '.join(self.models)})")
+        for name, task in self.harness.local_tasks.items():
+            if task not in self.tasks or self.tasks[task].kind != "math":
+                raise ValueError(f"harness.local_tasks.{name}: '{task}' is not a math task of 'tasks'")
         return self
 
     def levels_for(self, model: str) -> list[float]:

@@ -96,6 +96,25 @@ def recovered_variants(cfg: Config, model: str | None = None) -> list[Variant]:
     return out
 
 
+def harness_variants(cfg: Config) -> list[Variant]:
+    """The variants ``harness.variants`` selects (only those the grid makes; none when disabled)."""
+    h = cfg.harness
+    if not h.enabled:
+        return []
+    models = set(h.models) if h.models is not None else set(cfg.models)
+    out: list[Variant] = []
+    for v in base_variants(cfg) + pruned_variants(cfg) + recovered_variants(cfg):
+        if v.model not in models:
+            continue
+        for sel in h.variants:
+            if v.stage == "base" and sel.method == "base" or (
+                v.stage == sel.stage and _selected(sel, cfg, v)  # type: ignore[arg-type]
+            ):
+                out.append(v)
+                break
+    return out
+
+
 def base_variants(cfg: Config) -> list[Variant]:
     return [Variant(m) for m in cfg.models]
 

@@ -1,0 +1,149 @@
+"""lm-evaluation-harness stage: the local GSM8K-format task, lm-eval's exact-match scoring, the CLI's
+metrics rows on tiny random-weight checkpoints (by path and, for per-layer widths, through load_pruned)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import polars as pl
+import pytest
+from conftest import tiny_model
+from test_generate import VOCAB, byte_bpe_tokenizer
+from test_prune import prune_cli, write_scores
+
+from taskprune.cli import main
+from taskprune.config import HarnessConfig
+from taskprune.io import read_parquet_metadata
+from taskprune.metric_names import HARNESS_TASK_PREFIX
+from taskprune.metrics import METRICS_COLUMNS
+
+lm_eval = pytest.importorskip("lm_eval")
+from lm_eval.api.model import LM  # noqa: E402
+
+N_ITEMS = 6
+
+
+def _write_math(path):
+    """A GSM8K-format math eval split: answer lines end in '#### N' (N up to 4 digits, so commas appear)."""
+    rows = [{"id": f"m{i}", "question": f"what is {i * 500} + {i}?", "answer": f"{i * 500} + {i} = {i * 501}\n#### {i * 501}",
+             "reference": str(i * 501), "prompt": f"Question: what is {i * 500} + {i}?\nAnswer:"} for i in range(N_ITEMS)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pl.DataFrame(rows).write_parquet(path)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("harness")
+    rows = _write_math(root / "data" / "math" / "eval.parquet")
+    model = tiny_model("llama", vocab_size=VOCAB, seed=0, layers=2)
+    model.generation_config.eos_token_id = 2
+    model.save_pretrained(root / "base")
+    byte_bpe_tokenizer().save_pretrained(root / "base")
+    return root, rows
+
+
+class AnswerSheet(LM):
+    """A "model" that answers each question from a hand-written sheet (known-correct or known-wrong)."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        super().__init__()
+        self.answers = answers
+        self.contexts: list[str] = []
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        out = []
+        for req in requests:
+            context, _ = req.args
+            self.contexts.append(context)
+            question = re.search(r"Question: (.*)\nAnswer:$", context).group(1)
+            out.append(self.answers[question])
+        return out
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):  # pragma: no cover - generation task
+        raise NotImplementedError
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):  # pragma: no cover
+        raise NotImplementedError
+
+
+def _sheet_results(workspace, answer_for):
+    from pathlib import Path
+
+    from taskprune.harness import LOCAL_TASK_DIR, evaluate_lm, harness_metric_rows
+
+    root, rows = workspace
+    lm = AnswerSheet({r["question"]: answer_for(i, r) for i, r in enumerate(rows)})
+    task_dir = Path(__file__).resolve().parents[1] / LOCAL_TASK_DIR
+    results = evaluate_lm(lm, HarnessConfig(), {"taskprune_math": root / "data" / "math" / "eval.parquet"}, task_dir)
+    assert len(lm.contexts) == N_ITEMS and all(c.startswith("Question: ") for c in lm.contexts)
+    return {metric: (value, n) for _, metric, value, n, *_ in harness_metric_rows(results)}
+
+
+def test_exact_match_of_known_answers(workspace):
+    """lm-eval's GSM8K filters on hand-made answers whose verdicts are known."""
+
+    def ref(r):
+        return int(r["reference"])
+
+    # known-correct: reasoning, then '#### N' with a thousands comma -> both filters match every item
+    correct = _sheet_results(workspace, lambda i, r: f" some steps\n#### {ref(r):,}")
+    assert correct["exact_match,strict-match"] == (1.0, N_ITEMS)
+    assert correct["exact_match,flexible-extract"] == (1.0, N_ITEMS)
+    # the number without '####': strict-match finds nothing, flexible-extract (last number) matches
+    bare = _sheet_results(workspace, lambda i, r: f" so it is {ref(r)}")
+    assert bare["exact_match,strict-match"] == (0.0, N_ITEMS)
+    assert bare["exact_match,flexible-extract"] == (1.0, N_ITEMS)
+    # right after '####' but a wrong last number: strict 1, flexible 0 (for items 0, 2, 4 only)
+    mixed = _sheet_results(workspace, lambda i, r: f" #### {ref(r)} or {ref(r) + 1}" if i % 2 == 0 else f" #### {ref(r) + 1}")
+    assert mixed["exact_match,strict-match"] == (pytest.approx(0.5), N_ITEMS)
+    assert mixed["exact_match,flexible-extract"] == (0.0, N_ITEMS)
+
+
+def _harness_cli(root, model_dir, variant, **harness):
+    opts = {"harness": {"enabled": True, "limit": 4, "max_gen_toks": 8, "batch_size": 4, **harness}, "device": "cpu"}
+    out = root / "harness" / f"{variant}.parquet"
+    argv = ["harness", "--variant", variant, "--model-path", str(model_dir), "--out", str(out),
+            "--local-task", f"taskprune_math={root / 'data' / 'math' / 'eval.parquet'}",
+            "--options", json.dumps(opts)]
+    return main(argv), out
+
+
+def test_cli_on_tiny_model_by_path(workspace):
+    root, _ = workspace
+    rc, out = _harness_cli(root, root / "base", "tiny/base")
+    assert rc == 0
+    df = pl.read_parquet(out)
+    assert list(df.columns) == list(METRICS_COLUMNS)
+    assert set(df["task"]) == {HARNESS_TASK_PREFIX + "taskprune_math"}
+    assert set(df["metric"]) == {"exact_match,strict-match", "exact_match,flexible-extract"}
+    assert set(df["n"]) == {4} and set(df["stage"]) == {"base"} and set(df["task_kind"]) == {"harness"}
+    for r in df.iter_rows(named=True):
+        assert 0.0 <= r["ci_low"] <= r["value"] <= r["ci_high"] <= 1.0
+    meta = read_parquet_metadata(out)
+    assert meta["lm_eval_version"] == lm_eval.__version__ and meta["loaded_by"] == "path"
+
+
+def test_cli_global_allocation_goes_through_load_pruned(workspace):
+    root, _ = workspace
+    scores = write_scores(root / "selectivity.parquet", [80, 80], layer_offset=1.0)
+    pruned = root / "pruned"
+    assert prune_cli(root / "base", pruned, "selective", "40", scores=scores,
+                     options={"pruning": {"allocation": "global"}}) == 0
+    widths = json.loads((pruned / "config.json").read_text())["taskprune_layer_widths"]
+    assert len(set(widths)) == 2  # per-layer widths: stock from_pretrained cannot build this model
+    rc, out = _harness_cli(root, pruned, "tiny/selective/40/0")
+    assert rc == 0
+    df = pl.read_parquet(out)
+    assert set(df["stage"]) == {"pruned"} and set(df["level"]) == {"40"} and set(df["n"]) == {4}
+    assert read_parquet_metadata(out)["loaded_by"] == "load_pruned"
+
+
+def test_cli_bad_inputs(workspace, capsys):
+    root, _ = workspace
+    rc, _ = _harness_cli(root, root / "base", "tiny/base", tasks=["no_such_task"], local_tasks={})
+    assert rc != 0 and "harness.tasks: 'no_such_task'" in capsys.readouterr().err
+    argv = ["harness", "--variant", "tiny/base", "--model-path", str(root / "base"),
+            "--local-task", f"taskprune_math={root / 'missing.parquet'}"]
+    assert main(argv) != 0 and "missing.parquet" in capsys.readouterr().err
