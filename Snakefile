@@ -6,7 +6,7 @@
 #   snakemake --profile profiles/slurm --configfile config/paper.yaml   # the paper's Qwen grid on SLURM
 #   snakemake --report results/report.html               # the HTML report of a finished run
 #
-# The DAG: data -> train (embedded models) -> stats -> scores -> prune -> recover -> evaluate -> metrics
+# The DAG: data -> train (embedded models) -> stats -> scores -> prune -> recover -> evaluate (+ harness) -> metrics
 #          -> bench -> findings -> figures. All logic is in src/taskprune/; rules only call `taskprune <stage>`.
 
 import os
@@ -28,6 +28,7 @@ include: "workflow/rules/scores.smk"
 include: "workflow/rules/prune.smk"
 include: "workflow/rules/recover.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/harness.smk"
 include: "workflow/rules/bench.smk"
 include: "workflow/rules/figures.smk"
 

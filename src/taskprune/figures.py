@@ -44,6 +44,7 @@ FIGURES: dict[str, str] = {
     "efficiency": "efficiency.rst",
     "selectivity_distributions": "selectivity_distributions.rst",
     "removed_neurons": "removed_neurons.rst",
+    "harness": "harness.rst",
 }
 TABLES: tuple[str, ...] = ("summary.csv", "summary.md", "summary.html")
 FORMATS: tuple[str, ...] = ("png", "svg")
@@ -518,6 +519,24 @@ def fig_trap_rate(res: Results) -> Figure:
     )  # fmt: skip
 
 
+def fig_harness(res: Results) -> Figure:
+    """lm-evaluation-harness metrics (tasks ``harness:*``, lm-eval's own metric names) vs pruning level."""
+    import polars as pl
+
+    from taskprune.metric_names import HARNESS_TASK_PREFIX
+
+    def metric_for(model: str) -> list[tuple[str, str, str]]:
+        rows = res.metrics.filter((pl.col("model") == model) & pl.col("task").str.starts_with(HARNESS_TASK_PREFIX))
+        pairs = sorted(set(rows.select("task", "metric").iter_rows()))
+        return [(t, m, f"{t.removeprefix(HARNESS_TASK_PREFIX)}, {m}") for t, m in pairs]
+
+    return _per_task_figure(
+        res, "lm-evaluation-harness: general and task ability vs pruning level", metric_for,
+        lambda task, metric: f"{metric.split(',')[0]} (%)", "no lm-evaluation-harness results (harness.enabled)",
+        "lm-eval's prompts, filters and metrics unchanged; dotted = base model (95% band)",
+    )  # fmt: skip
+
+
 def _bench_method(eff: pl.DataFrame, model: str) -> tuple[pl.DataFrame, pl.DataFrame, str | None]:
     """(base rows, pruned rows of one method/seed, that method) — shapes, not scores, set efficiency."""
     import polars as pl
@@ -794,6 +813,7 @@ FIGURE_FUNCTIONS: dict[str, Callable[[Results], Figure]] = {
     "efficiency": fig_efficiency,
     "selectivity_distributions": fig_selectivity_distributions,
     "removed_neurons": fig_removed_neurons,
+    "harness": fig_harness,
 }
 assert set(FIGURE_FUNCTIONS) == set(FIGURES)
 

@@ -115,8 +115,17 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(float(x))
 
 
-def harness_metric_rows(results: dict[str, Any]) -> list[tuple[str, str, float, int, float, float]]:
-    """(task, metric, value, n, ci_low, ci_high) per lm-eval result entry (tasks and groups).
+def _n_items(results: dict[str, Any], task: str) -> int:
+    """Items behind a result entry: a task's effective sample count, a group's summed over its subtasks."""
+    counts = (results.get("n-samples") or {}).get(task)
+    if counts:
+        return int(counts.get("effective", 0))
+    return sum(_n_items(results, t) for t in (results.get("group_subtasks") or {}).get(task, []))
+
+
+def harness_metric_rows(results: dict[str, Any], tasks: Sequence[str] | None = None) -> list[tuple[str, str, float, int, float, float]]:
+    """(task, metric, value, n, ci_low, ci_high) per lm-eval result entry (tasks and groups; only those
+    named in ``tasks`` when given, so a group such as ``mmlu`` gives its aggregate, not 57 subtasks).
 
     ``metric`` is lm-eval's key (``exact_match,strict-match``); the interval comes from the per-item
     scores in ``results["samples"]`` (Wilson when every score is 0/1, else percentile bootstrap), and for
@@ -125,9 +134,10 @@ def harness_metric_rows(results: dict[str, Any]) -> list[tuple[str, str, float, 
     from taskprune.evaluate import Z95, mean_row, proportion_row
 
     samples = results.get("samples") or {}
-    n_samples = results.get("n-samples") or {}
     rows = []
     for task, entry in results["results"].items():
+        if tasks is not None and task not in tasks:
+            continue
         for key, value in entry.items():
             if "," not in key or "_stderr," in key or not _is_number(value):
                 continue
@@ -140,7 +150,7 @@ def harness_metric_rows(results: dict[str, Any]) -> list[tuple[str, str, float, 
                                       else mean_row(key, per_item))
             else:
                 stderr = entry.get(f"{metric}_stderr,{filter_name}")
-                n = int((n_samples.get(task) or {}).get("effective", 0))
+                n = _n_items(results, task)
                 low, high = ((float(value) - Z95 * float(stderr), float(value) + Z95 * float(stderr))
                              if _is_number(stderr) else (math.nan, math.nan))
             rows.append((task, key, float(value), int(n), low, high))
@@ -229,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
     ident = variant_columns(variant)
     rows = [{**ident, "task": HARNESS_TASK_PREFIX + task, "task_kind": HARNESS_KIND, "metric": metric,
              "value": value, "n": n, "ci_low": low, "ci_high": high}
-            for task, metric, value, n, low, high in harness_metric_rows(results)]
+            for task, metric, value, n, low, high in harness_metric_rows(results, harness.tasks)]
     if not rows:
         raise DataError(f"lm-eval returned no numeric metrics for {', '.join(harness.tasks)}")
     table = metrics_frame(rows)

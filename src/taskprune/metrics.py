@@ -1,6 +1,7 @@
 """Collect every variant's evaluation metrics into the one long table the figures and findings read.
 
-Each ``taskprune evaluate`` job writes ``results/eval/{variant}/metrics.parquet``; ``taskprune metrics``
+Each ``taskprune evaluate`` job writes ``results/eval/{variant}/metrics.parquet`` (and each
+``taskprune harness`` job ``results/harness/{variant}.parquet``, same schema); ``taskprune metrics``
 concatenates them into ``results/metrics.parquet`` (one row per model, method, level, seed, stage, task
 and metric), checking each file against the schema below so a stale or foreign file fails with one line.
 """
@@ -93,6 +94,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inputs", nargs="+", default=[], metavar="FILE",
                         help="results/eval/{variant}/metrics.parquet files")
     parser.add_argument("--eval-dir", help="instead of listing inputs: every metrics.parquet under this directory")
+    parser.add_argument("--harness-inputs", nargs="*", default=[], metavar="FILE",
+                        help="results/harness/{variant}.parquet files (lm-evaluation-harness rows, same schema)")
     parser.add_argument("--out", default="results/metrics.parquet", help="output file")
 
 
@@ -107,8 +110,14 @@ def run(args: argparse.Namespace) -> int:
         paths += sorted(root.rglob("metrics.parquet"))
     if not paths:
         raise DataError("no metrics files given (list results/eval/{variant}/metrics.parquet files or use --eval-dir)")
-    table = collect(paths)
-    write_parquet(table, args.out, metadata={"inputs": [str(p) for p in paths], "bootstrap_seed": 0,
-                                             "sampling_seed": 0})
+    harness_paths = [Path(p) for p in args.harness_inputs]
+    table = collect(paths + harness_paths)
+    meta: dict[str, Any] = {"inputs": [str(p) for p in paths], "bootstrap_seed": 0, "sampling_seed": 0}
+    if harness_paths:
+        from taskprune.io import read_parquet_metadata
+
+        meta["harness_inputs"] = [str(p) for p in harness_paths]
+        meta["lm_eval_versions"] = sorted({str(read_parquet_metadata(p).get("lm_eval_version")) for p in harness_paths})
+    write_parquet(table, args.out, metadata=meta)
     logger.info("%s: %d rows from %d variant(s)", args.out, table.height, len(paths))
     return 0

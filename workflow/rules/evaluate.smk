@@ -71,12 +71,14 @@ for _model in CFG.models:
 
 rule metrics:
     input:
-        [f"results/eval/{v.path}/metrics.parquet" for v in ALL_VARIANTS],
+        eval=[f"results/eval/{v.path}/metrics.parquet" for v in ALL_VARIANTS],
+        harness=[f"results/harness/{v.path}.parquet" for v in grid.harness_variants(CFG)],
     output:
         "results/metrics.parquet",
     params:
         src=source_hash("metrics"),
+        harness=lambda w, input: ("--harness-inputs " + " ".join(input.harness)) if input.harness else "",
     log:
         "logs/metrics.log",
     shell:
-        "taskprune metrics --inputs {input} --out {output} > {log} 2>&1"
+        "taskprune metrics --inputs {input.eval} {params.harness} --out {output} > {log} 2>&1"
