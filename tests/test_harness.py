@@ -124,6 +124,20 @@ def test_cli_on_tiny_model_by_path(workspace):
     meta = read_parquet_metadata(out)
     assert meta["lm_eval_version"] == lm_eval.__version__ and meta["loaded_by"] == "path"
 
+    # the metrics gather appends the harness rows to our own evaluation's rows
+    from taskprune.evaluate import variant_columns
+    from taskprune.grid import parse_variant
+    from taskprune.metrics import metrics_frame
+
+    own = root / "own_metrics.parquet"
+    metrics_frame([{**variant_columns(parse_variant("tiny/base")), "task": "math", "task_kind": "math",
+                    "metric": "accuracy", "value": 0.5, "n": 4, "ci_low": 0.1, "ci_high": 0.9}]).write_parquet(own)
+    merged = root / "metrics.parquet"
+    assert main(["metrics", "--inputs", str(own), "--harness-inputs", str(out), "--out", str(merged)]) == 0
+    table = pl.read_parquet(merged)
+    assert table.height == 1 + df.height and set(table["task"]) == {"math", HARNESS_TASK_PREFIX + "taskprune_math"}
+    assert read_parquet_metadata(merged)["lm_eval_versions"] == [lm_eval.__version__]
+
 
 def test_cli_global_allocation_goes_through_load_pruned(workspace):
     root, _ = workspace
@@ -141,9 +155,41 @@ def test_cli_global_allocation_goes_through_load_pruned(workspace):
 
 
 def test_cli_bad_inputs(workspace, capsys):
+    """One-line errors before any model is loaded (an unknown hub task is refused by lm-eval's own task
+    index, which takes ~15 s to build, so it is not exercised here)."""
     root, _ = workspace
-    rc, _ = _harness_cli(root, root / "base", "tiny/base", tasks=["no_such_task"], local_tasks={})
-    assert rc != 0 and "harness.tasks: 'no_such_task'" in capsys.readouterr().err
-    argv = ["harness", "--variant", "tiny/base", "--model-path", str(root / "base"),
-            "--local-task", f"taskprune_math={root / 'missing.parquet'}"]
-    assert main(argv) != 0 and "missing.parquet" in capsys.readouterr().err
+    base = ["harness", "--variant", "tiny/base", "--model-path", str(root / "base")]
+    assert main([*base, "--local-task", f"taskprune_math={root / 'missing.parquet'}"]) != 0
+    assert "missing.parquet" in capsys.readouterr().err
+    assert main(base) != 0  # the local task is configured but not bound to data
+    assert "needs --local-task taskprune_math=PATH" in capsys.readouterr().err
+    assert main([*base, "--local-task", "taskprune_math"]) != 0
+    assert "expected NAME=PATH" in capsys.readouterr().err
+    opts = json.dumps({"harness": {"variants": [{"method": "selectiv"}]}})
+    assert main([*base, "--options", opts]) != 0
+    assert "selectiv" in capsys.readouterr().err
+
+
+def test_config_selects_harness_variants():
+    """config.yaml: tiny-math base, selective at 10/20/35.71 pruned and 35.71 recovered; paper.yaml: base,
+    selective at every level and recovered at every level, for all four models."""
+    from pathlib import Path
+
+    from taskprune.config import load_config
+    from taskprune.grid import harness_variants
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(str(root / "config" / "config.yaml"))
+    got = sorted(v.path for v in harness_variants(cfg))
+    assert got == sorted(["tiny-math/base", "tiny-math/selective/10/0", "tiny-math/selective/20/0",
+                          "tiny-math/selective/35.71/0", "tiny-math/selective/35.71/0/recovered"])
+    paper = load_config(str(root / "config" / "paper.yaml"))
+    variants = harness_variants(paper)
+    for model in paper.models:
+        mine = [v for v in variants if v.model == model]
+        n_levels = len(paper.levels_for(model))
+        assert [v.stage for v in mine].count("base") == 1
+        assert sum(v.stage == "pruned" and v.method == "selective" for v in mine) == n_levels
+        assert sum(v.stage == "recovered" and v.method == "selective" for v in mine) == n_levels
+        assert len(mine) == 1 + 2 * n_levels
+    assert set(paper.harness.tasks) == {"gsm8k", "arc_easy", "hellaswag", "mmlu"} and paper.harness.limit
