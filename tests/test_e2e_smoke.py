@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 from conftest import run_snakemake
 
-from taskprune.metric_names import HEADLINE_METRIC
+from taskprune.metric_names import HARNESS_TASK_PREFIX, HEADLINE_METRIC
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +34,21 @@ def test_smoke_metrics_cover_the_grid(smoke_run):
     assert set(m["method"].unique()) >= {"base", "selective", "reverse", "random"}
     acc = m.filter(pl.col("metric") == HEADLINE_METRIC)
     assert acc.height > 0 and acc["value"].is_between(0, 1).all()
+
+
+def test_smoke_harness_rows(smoke_run):
+    """lm-evaluation-harness ran on the local GSM8K-format task for tiny-math base and selective 35.71%."""
+    from taskprune.io import read_parquet_metadata
+
+    for variant in ("tiny-math/base", "tiny-math/selective/35.71/0"):
+        assert read_parquet_metadata(smoke_run / f"results/harness/{variant}.parquet")["lm_eval_version"]
+    m = pl.read_parquet(smoke_run / "results/metrics.parquet")
+    h = m.filter(pl.col("task").str.starts_with(HARNESS_TASK_PREFIX))
+    assert set(h["task"]) == {HARNESS_TASK_PREFIX + "taskprune_math"}
+    assert set(h["metric"]) == {"exact_match,strict-match", "exact_match,flexible-extract"}
+    assert sorted(set(zip(h["stage"], h["level"], strict=True))) == [("base", "0"), ("pruned", "35.71")]
+    assert h["value"].is_between(0, 1).all() and (h["n"] == 3).all()
+    assert (smoke_run / "results/figures/harness.png").is_file()
 
 
 def test_second_run_has_nothing_to_do(smoke_run):

@@ -138,6 +138,8 @@ def test_new_distractor_reruns_its_stats_and_downstream_only(finished_run, tmp_p
     assert {v[0] for v in evaluated} == {"tiny-math"} and ("tiny-math", "base") in evaluated
     for rule in ("recover", "bench"):
         assert {variant_of(j)[0] for j in jobs.pop(rule, [])} <= {"tiny-math"}
+    # lm-eval harness (smoke: tiny-math base and selective 35.71): only the re-pruned checkpoint
+    assert {variant_of(j) for j in jobs.pop("harness")} == {("tiny-math", "selective", "35.71", "0")}
     assert set(jobs) <= GATHER_RULES, f"unexpected jobs: {sorted(set(jobs) - GATHER_RULES)}"
 
 
@@ -153,6 +155,8 @@ def test_pruning_code_change_reruns_pruning_and_downstream_not_stats(finished_ru
     evaluated = {variant_of(j) for j in jobs.pop("evaluate")}
     assert evaluated == all_pruned | {(*v, "recovered") for v in recovered}  # not the base models
     assert all(variant_of(j)[1] != "base" for j in jobs.pop("bench", []))
+    # the harness stage imports prune (load_pruned), so all its jobs rerun, the base model's included
+    assert {variant_of(j) for j in jobs.pop("harness")} == {("tiny-math", "base"), ("tiny-math", "selective", "35.71", "0")}
     for upstream in ("data", "train", "stats", "scores", "bench_stats", "bench_generation"):
         assert upstream not in jobs, f"{upstream} must not rerun after a change to prune.py"
     assert set(jobs) <= GATHER_RULES, f"unexpected jobs: {sorted(set(jobs) - GATHER_RULES)}"
