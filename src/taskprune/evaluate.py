@@ -643,6 +643,16 @@ def _read_base(base_dir: Path, task: str, ids: Sequence[str]) -> dict[str, str]:
     return answers
 
 
+def variant_from_arg(text: str) -> Any:
+    """The :class:`taskprune.grid.Variant` of a ``--variant`` argument (a one-line ConfigError if malformed)."""
+    from taskprune.grid import parse_variant
+
+    try:
+        return parse_variant(text)
+    except ValueError as exc:
+        raise ConfigError(f"--variant: {exc} (expected {{model}}/base or {{model}}/{{method}}/{{level}}/{{seed}}[/recovered])") from None
+
+
 def variant_columns(variant: Any) -> dict[str, Any]:
     """The variant's identifying columns of a metrics row."""
     from taskprune.config import parse_method
@@ -663,17 +673,13 @@ def run(args: argparse.Namespace) -> int:
 
     from taskprune.config import EvaluationConfig, stage_options
     from taskprune.generate import generate
-    from taskprune.grid import parse_variant
     from taskprune.io import write_parquet
     from taskprune.metrics import metrics_frame
     from taskprune.modeling import load_model, load_tokenizer
     from taskprune.sandbox import protection as sandbox_protection
     from taskprune.sandbox import run_programs
 
-    try:
-        variant = parse_variant(args.variant)
-    except ValueError as exc:
-        raise ConfigError(f"--variant: {exc} (expected {{model}}/base or {{model}}/{{method}}/{{level}}/{{seed}}[/recovered])") from None
+    variant = variant_from_arg(args.variant)
     opts = stage_options(args, {"evaluation": EvaluationConfig, "device": "auto", "chat_template": False})
     if not isinstance(opts.chat_template, bool):
         raise ConfigError(f"--options: key 'chat_template' must be true or false, got {opts.chat_template!r}")

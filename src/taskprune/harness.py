@@ -211,16 +211,12 @@ def parse_local_tasks(values: Sequence[str]) -> dict[str, Path]:
 
 def run(args: argparse.Namespace) -> int:
     from taskprune.config import HarnessConfig, stage_options
-    from taskprune.evaluate import variant_columns
-    from taskprune.grid import parse_variant
+    from taskprune.evaluate import variant_columns, variant_from_arg
     from taskprune.io import write_parquet
     from taskprune.metric_names import HARNESS_TASK_PREFIX
     from taskprune.metrics import metrics_frame
 
-    try:
-        variant = parse_variant(args.variant)
-    except ValueError as exc:
-        raise ConfigError(f"--variant: {exc}") from None
+    variant = variant_from_arg(args.variant)
     opts = stage_options(args, {"harness": HarnessConfig, "device": "auto", "chat_template": False})
     harness = opts.harness
     local = parse_local_tasks(args.local_tasks)
