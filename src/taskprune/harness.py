@@ -77,8 +77,9 @@ def write_local_tasks(local: dict[str, Path], task_dir: Path, work_dir: Path) ->
             raise ConfigError(f"harness: local task '{name}' has no YAML {shipped} (shipped: {known})")
         data = (work_dir / f"{name}.jsonl").resolve()
         n = export_gsm8k_jsonl(eval_parquet, data)
+        # the datasets cache of the JSON file stays in work_dir: nothing is left in ~/.cache by a local task
         wrapper = {"task": name, "include": str(shipped),
-                   "dataset_kwargs": {"data_files": {"test": str(data)}}}
+                   "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(work_dir / "hf-cache")}}
         (work_dir / f"{name}.yaml").write_text(yaml.safe_dump(wrapper, sort_keys=False))
         logger.info("local task %s: %d items from %s", name, n, eval_parquet)
     return work_dir
