@@ -395,6 +395,17 @@ def get_embedder(device: str = "cpu") -> SentenceEmbedder:
 
 Z95 = 1.959963984540054
 
+#: The math headline metric (flexible exact match of the final number) and the per-item column it averages.
+#: Every other module names the math headline through these constants (the per-item table, the findings).
+MATH_HEADLINE_METRIC = "exact_match_flexible"
+MATH_HEADLINE_COLUMN = "correct_flexible"
+#: The code headline metric: an item's pass@1 estimate (the share of its samples that passed).
+CODE_HEADLINE_METRIC = "pass@1"
+CODE_HEADLINE_COLUMN = "correct"
+#: The retention similarity of distractor answers to the base model's answers used as the headline.
+RETENTION_HEADLINE_METRIC = "retention_token_f1"
+RETENTION_HEADLINE_COLUMN = "token_f1"
+
 
 def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval of a proportion (NaN for n = 0)."""
@@ -447,7 +458,7 @@ def score_math_table(df: Any) -> Any:
     return df.with_columns(
         pl.Series("extracted", [math_answer(g) for g in gens], dtype=pl.String),
         pl.Series("correct_strict", [s[0] for s in scores], dtype=pl.Boolean),
-        pl.Series("correct_flexible", [s[1] for s in scores], dtype=pl.Boolean),
+        pl.Series(MATH_HEADLINE_COLUMN, [s[1] for s in scores], dtype=pl.Boolean),
     )
 
 
@@ -481,10 +492,10 @@ def task_metric_rows(kind: str, df: Any, n_samples: int = 1) -> list[tuple[str, 
     """(metric, value, n, ci_low, ci_high) rows of one scored task table (see the metrics contract)."""
     rows: list[tuple[str, float, int, float, float]] = []
     if kind == "math":
-        strict, flexible = df["correct_strict"].to_list(), df["correct_flexible"].to_list()
+        strict, flexible = df["correct_strict"].to_list(), df[MATH_HEADLINE_COLUMN].to_list()
         rows.append(proportion_row("accuracy", flexible))
         rows.append(proportion_row("exact_match_strict", strict))
-        rows.append(proportion_row("exact_match_flexible", flexible))
+        rows.append(proportion_row(MATH_HEADLINE_METRIC, flexible))
     elif kind == "code":
         if n_samples == 1:
             rows.append(proportion_row("accuracy", df["correct"].to_list()))
@@ -735,6 +746,6 @@ def _finish_task(
     for metric, value, n, low, high in task_metric_rows(kind, df, n_samples):
         metric_rows.append({**ident, "task": task, "task_kind": kind, "metric": metric, "value": value,
                             "n": n, "ci_low": low, "ci_high": high})
-    headline = {"math": "accuracy", "code": "accuracy"}.get(kind, "retention_token_f1")
+    headline = {"math": "accuracy", "code": "accuracy"}.get(kind, RETENTION_HEADLINE_METRIC)
     value = next((r["value"] for r in metric_rows[::-1] if r["task"] == task and r["metric"] == headline), math.nan)
     logger.info("%s %s: %s = %.3f (n = %d)", variant.path, task, headline, value, df.height)

@@ -71,12 +71,16 @@ for _model in CFG.models:
 
 rule metrics:
     input:
-        [f"results/eval/{v.path}/metrics.parquet" for v in ALL_VARIANTS],
+        [f for v in ALL_VARIANTS for f in eval_outputs(v)],
     output:
-        "results/metrics.parquet",
+        metrics="results/metrics.parquet",
+        items="results/items.parquet",
     params:
-        src=source_hash("metrics"),
+        inputs=[f"results/eval/{v.path}/metrics.parquet" for v in ALL_VARIANTS],
+        targets=" ".join(f"--target {m}={mc.task}" for m, mc in CFG.models.items()),
+        src=source_hash("metrics", "evaluate"),
     log:
         "logs/metrics.log",
     shell:
-        "taskprune metrics --inputs {input} --out {output} > {log} 2>&1"
+        "taskprune metrics --inputs {params.inputs} {params.targets} --out {output.metrics} "
+        "--items {output.items} > {log} 2>&1"
