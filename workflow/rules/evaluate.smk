@@ -74,7 +74,7 @@ rule metrics:
         [f for v in ALL_VARIANTS for f in eval_outputs(v)],
     output:
         metrics="results/metrics.parquet",
-        items="results/items.parquet",
+        per_item="results/items.parquet",
     params:
         inputs=[f"results/eval/{v.path}/metrics.parquet" for v in ALL_VARIANTS],
         targets=" ".join(f"--target {m}={mc.task}" for m, mc in CFG.models.items()),
@@ -83,4 +83,4 @@ rule metrics:
         "logs/metrics.log",
     shell:
         "taskprune metrics --inputs {params.inputs} {params.targets} --out {output.metrics} "
-        "--items {output.items} > {log} 2>&1"
+        "--items {output.per_item} > {log} 2>&1"
