@@ -36,6 +36,7 @@ the trap rate move with the level; they are descriptions, not claims.
 from __future__ import annotations
 
 import argparse
+import functools
 import html
 import logging
 import math
@@ -174,7 +175,7 @@ RULE_TEXT: dict[str, str] = {
 # ------------------------------------------------------------------------------- the statistics
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: comparisons of the same sides are computed once
 class Side:
     """One side of a comparison: scores of ``k`` seeds on ``n`` items, aligned by item id."""
 
@@ -211,14 +212,22 @@ class Comparison:
 
 
 def _rng() -> np.random.Generator:
-    return np.random.default_rng(RULES.bootstrap_seed)
+    """The generator of the seed resamples (items are drawn by :func:`_item_weights`)."""
+    return np.random.default_rng([RULES.bootstrap_seed, 1])
 
 
-def _item_weights(rng: np.random.Generator, n: int) -> np.ndarray:
-    """(R, n) bootstrap counts: how often each of ``n`` items is drawn in each of R resamples (sum n per row)."""
+@functools.lru_cache(maxsize=64)
+def _item_weights(n: int) -> np.ndarray:
+    """(R, n) bootstrap counts: how often each of ``n`` items is drawn in each of R resamples (sum n per row).
+
+    Drawn from a generator seeded with the bootstrap seed, so every comparison over n items uses the same
+    resamples: results do not depend on the order in which comparisons are made."""
     r = RULES.bootstrap_resamples
+    rng = np.random.default_rng(RULES.bootstrap_seed)
     drawn = rng.integers(0, n, size=(r, n)) + n * np.arange(r)[:, None]  # (R, n) item indices, row-offset
-    return np.bincount(drawn.ravel(), minlength=r * n).reshape(r, n).astype(np.float64)
+    weights = np.bincount(drawn.ravel(), minlength=r * n).reshape(r, n).astype(np.float64)
+    weights.flags.writeable = False
+    return weights
 
 
 def _boot_means(values: np.ndarray, weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -237,6 +246,7 @@ def _interval(samples: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+@functools.lru_cache(maxsize=4096)
 def paired(a: Side, b: Side, scale_b: float = 1.0) -> Comparison:
     """Paired bootstrap of ``mean(A) - scale_b * mean(B)`` over the items both sides answered."""
     ids = np.intersect1d(a.ids, b.ids)
@@ -245,18 +255,28 @@ def paired(a: Side, b: Side, scale_b: float = 1.0) -> Comparison:
     va, vb = a.align(ids), b.align(ids)
     diff = float(va.mean() - scale_b * vb.mean())
     rng = _rng()
-    weights = _item_weights(rng, ids.size)  # (R, n), shared by both sides: the pairing
+    weights = _item_weights(int(ids.size))  # (R, n), shared by both sides: the pairing
     d = _boot_means(va, weights, rng) - scale_b * _boot_means(vb, weights, rng)  # (R,)
     lo, hi = _interval(d)
     verdict = "higher" if lo > 0 else "lower" if hi < 0 else "tie"
     return Comparison(diff, lo, hi, verdict, int(ids.size))
 
 
+@functools.lru_cache(maxsize=4096)
+def _summary(side: Side) -> tuple[tuple[str, Any], ...]:
+    return tuple(_summarise(side).items())
+
+
 def summarise(side: Side) -> dict[str, Any]:
+    """Mean with its bootstrap interval (items and seeds), per-seed means and the item count (cached)."""
+    return {k: list(v) if isinstance(v, list) else v for k, v in _summary(side)}
+
+
+def _summarise(side: Side) -> dict[str, Any]:
     """Mean with its bootstrap interval (items and seeds), per-seed means and the item count."""
     rng = _rng()
     n = side.ids.size
-    lo, hi = _interval(_boot_means(side.values, _item_weights(rng, n), rng))
+    lo, hi = _interval(_boot_means(side.values, _item_weights(int(n)), rng))
     out: dict[str, Any] = {"value": side.mean, "ci95": [lo, hi], "n_items": int(n)}
     if len(side.seeds) > 1:
         seed_values = [float(v) for v in side.values.mean(axis=1)]
@@ -275,7 +295,7 @@ def spearman_trend(levels: Sequence[float], sides: Sequence[Side]) -> dict[str, 
     means = [s.align(ids).mean() for s in sides]
     rho = float(spearmanr(levels, means).statistic) if len(set(means)) > 1 else math.nan
     rng = _rng()
-    weights = _item_weights(rng, ids.size)  # the same items at every level
+    weights = _item_weights(int(ids.size))  # the same items at every level
     boot = np.stack([_boot_means(s.align(ids), weights, rng) for s in sides], axis=1)  # (R, L)
     ranks = rankdata(boot, axis=1)  # (R, L)
     level_ranks = rankdata(levels)  # (L,)
@@ -858,6 +878,14 @@ def claim_efficiency(eff: pl.DataFrame | None) -> dict[str, Any]:
 
 def compute_findings(items: pl.DataFrame, efficiency: pl.DataFrame | None = None) -> dict[str, Any]:
     """Every claim, its rule, outcome and evidence, as a JSON-ready dict (from the per-item table)."""
+    try:
+        return _compute_findings(items, efficiency)
+    finally:  # the caches hold the sides alive; a next table starts afresh
+        paired.cache_clear()
+        _summary.cache_clear()
+
+
+def _compute_findings(items: pl.DataFrame, efficiency: pl.DataFrame | None) -> dict[str, Any]:
     acc = Items(items.filter(pl.col("role") == "target"))
     claims = [
         claim_selective_beats_random(acc),
@@ -986,7 +1014,7 @@ def report_blocks(findings: dict[str, Any]) -> list[tuple[str, Any]]:
                    f"comparisons). Target scores in percent ({metrics}); pp = percentage points. Every comparison is "
                    f"paired over the items both sides answered: {c['confidence']:.0%} bootstrap intervals from "
                    f"{c['bootstrap_resamples']} resamples (seed {c['bootstrap_seed']}), random seeds resampled "
-                   f"jointly with items. {RULE_TEXT['informative_level'].capitalize()}. Overall: "
+                   f"jointly with items. {RULE_TEXT['informative_level'][0].upper() + RULE_TEXT['informative_level'][1:]}. Overall: "
                    f"{RULE_TEXT['overall']}."))  # fmt: skip
     head = ["claim", "source", "outcome", "specialists"]
     rows = [[cl["claim"], cl["source"], cl["status"].upper(), "; ".join(
