@@ -700,11 +700,11 @@ def rank_methods(acc: Items) -> dict[str, Any]:
         contenders = [t for t in table if t["level_wins"] > 0]
         best = [t["method"] for t in contenders if t["copeland"] == contenders[0]["copeland"]] if contenders else []
         if best:
-            summary = ("best: " + " = ".join(best) + (" (tied by the rule)" if len(best) > 1 else "")
-                       + "; order: " + " > ".join(order))  # fmt: skip
+            summary = "best: " + " = ".join(best) + (" (tied by the rule)" if len(best) > 1 else "")
         else:
             summary = "no method beats another beyond noise at these levels"
-        out[model] = {"status": "ranked", "summary": summary, "best": best, "ranking": table, "pairs": pairs}
+        out[model] = {"status": "ranked", "summary": summary, "best": best, "order": order, "ranking": table,
+                      "pairs": pairs}  # fmt: skip
     return {"id": "ranking", "rule": RULE_TEXT["ranking"], "per_model": out}
 
 
