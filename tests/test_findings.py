@@ -68,8 +68,10 @@ def test_paired_bootstrap_by_hand():
     b = F.Items(table(items("m", "random", 10, 140))).get("m", "random", 10)
     c = F.paired(a, b)
     assert c.diff == pytest.approx(0.05) and c.n_items == N
-    # The paired interval's width is that of 10 discordant items, about 2 * 1.96 * sqrt(10)/200 = 0.062.
-    assert c.verdict == "higher" and 0.03 < c.ci_high - c.ci_low < 0.09
+    # Independent truth: the per-item differences are 1 on 10 items and 0 on 190, so the normal-theory paired
+    # interval is d -/+ 1.96 * sd(d_i) / sqrt(n) with sd(d_i) = sqrt(0.05 * 0.95): width 0.0604.
+    width = 2 * Z * math.sqrt(0.05 * 0.95 / N)
+    assert c.verdict == "higher" and c.ci_high - c.ci_low == pytest.approx(width, rel=0.15)
     # Identical sides: a zero difference with a zero-width interval, a tie.
     same = F.paired(a, a)
     assert (same.diff, same.ci_low, same.ci_high, same.verdict) == (0.0, 0.0, 0.0, "tie")
