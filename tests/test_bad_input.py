@@ -397,7 +397,7 @@ CASES: list[Case] = [
     Case("metrics-corrupted-input", lambda i, t, o: ["metrics", "--inputs", str(garbage(t / "metrics.parquet")),
                                                      "--out", str(o)],
          ["metrics.parquet", "not a readable Parquet file"]),
-    Case("findings-not-a-metrics-table", lambda i, t, o: ["findings", "--metrics", str(i.data), "--out", str(o)],
+    Case("findings-not-an-items-table", lambda i, t, o: ["findings", "--items", str(i.data), "--out", str(o)],
          ["calibration.parquet", "missing column(s) model"]),
     Case("evaluate-bad-task-spec", lambda i, t, o: ["evaluate", "--variant", "m/base", "--model-path", str(i.llama),
                                                     "--task", "math", "--out-dir", str(o), "--no-progress"],

@@ -60,3 +60,17 @@ def test_report_builds(smoke_run):
     run_snakemake(smoke_run, "--report", "results/report.html")
     html = (smoke_run / "results/report.html").read_text(errors="replace")
     assert len(html) > 10_000 and "findings" in html.lower()
+
+
+def test_smoke_items_and_four_outcome_findings(smoke_run):
+    import json
+
+    from taskprune.findings import ITEM_COLUMNS, OUTCOMES
+
+    items = pl.read_parquet(smoke_run / "results/items.parquet")
+    assert set(ITEM_COLUMNS) | {"recovery"} <= set(items.columns)
+    assert set(items["role"].unique()) == {"target", "distractor"} and items["score"].is_between(0, 1).all()
+    assert items.filter(pl.col("stage") == "recovered")["recovery"].null_count() == 0
+    findings = json.loads((smoke_run / "results/findings.json").read_text())
+    assert {c["status"] for c in findings["claims"]} <= set(OUTCOMES)
+    assert all(v["status"] in OUTCOMES for c in findings["claims"] for v in c["per_model"].values())

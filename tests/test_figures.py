@@ -104,6 +104,22 @@ def check_svg(path: Path) -> None:
     assert sum(1 for _ in root.iter()) > 50, f"{path} has almost no elements"
 
 
+def items_from_metrics(metrics_path: str, out: Path) -> str:
+    """A per-item table whose per-variant means are the metrics table's accuracy/retention values."""
+    rows = []
+    for r in pl.read_parquet(metrics_path).iter_rows(named=True):
+        if r["metric"] not in ("accuracy", "retention_token_f1"):
+            continue
+        ones = round(r["value"] * r["n"])
+        role = "target" if r["metric"] == "accuracy" else "distractor"
+        for i in range(r["n"]):
+            score = float(i < ones) if role == "target" else r["value"]
+            rows.append({k: r[k] for k in ("model", "method", "level", "level_pct", "seed", "stage", "task")}
+                        | {"role": role, "id": f"q{i}", "metric": r["metric"], "score": score})
+    pl.DataFrame(rows).write_parquet(out)
+    return str(out)
+
+
 def run_cli(paths: dict[str, str], out: Path, *extra: str) -> int:
     argv = ["figures", "--metrics", paths["metrics"], "--out-dir", str(out / "figures"),
             "--tables-dir", str(out / "tables"), "--scores", paths["scores"], *extra]
@@ -117,8 +133,8 @@ def run_cli(paths: dict[str, str], out: Path, *extra: str) -> int:
 def test_every_figure_and_table_from_a_full_grid(tmp_path):
     paths = synthetic_results(tmp_path / "results")
     findings = tmp_path / "results" / "findings.json"
-    assert main(["findings", "--metrics", paths["metrics"], "--efficiency", paths["efficiency"],
-                 "--out", str(findings)]) == 0
+    items = items_from_metrics(paths["metrics"], tmp_path / "items.parquet")
+    assert main(["findings", "--items", items, "--efficiency", paths["efficiency"], "--out", str(findings)]) == 0
     assert run_cli(paths, tmp_path, "--findings", str(findings)) == 0
     for name in figures.FIGURES:
         check_png(tmp_path / "figures" / f"{name}.png")
@@ -185,7 +201,7 @@ def test_findings_json_is_not_required_but_used(tmp_path):
     paths = synthetic_results(tmp_path / "results", methods=("selective", "random"), efficiency=False,
                               manifests=False)
     findings = tmp_path / "f.json"
-    main(["findings", "--metrics", paths["metrics"], "--out", str(findings)])
+    main(["findings", "--items", items_from_metrics(paths["metrics"], tmp_path / "items.parquet"), "--out", str(findings)])
     res = figures.load_results(paths["metrics"], findings=str(findings))
     verdict = res.verdict("selective_beats_random")
     status = next(c for c in json.loads(findings.read_text())["claims"] if c["id"] == "selective_beats_random")

@@ -129,14 +129,20 @@ def test_cli_on_tiny_model_by_path(workspace):
     from taskprune.grid import parse_variant
     from taskprune.metrics import metrics_frame
 
-    own = root / "own_metrics.parquet"
+    (root / "own").mkdir()
+    own = root / "own" / "metrics.parquet"  # our evaluation of one variant: metric rows beside its item table
+    pl.DataFrame({"id": ["a", "b", "c", "d"], "correct_numeric": [True, False, True, False]}).write_parquet(
+        root / "own" / "math.parquet")
     metrics_frame([{**variant_columns(parse_variant("tiny/base")), "task": "math", "task_kind": "math",
                     "metric": "accuracy", "value": 0.5, "n": 4, "ci_low": 0.1, "ci_high": 0.9}]).write_parquet(own)
     merged = root / "metrics.parquet"
-    assert main(["metrics", "--inputs", str(own), "--harness-inputs", str(out), "--out", str(merged)]) == 0
+    assert main(["metrics", "--inputs", str(own), "--harness-inputs", str(out), "--out", str(merged),
+                 "--items", str(root / "items.parquet")]) == 0
     table = pl.read_parquet(merged)
     assert table.height == 1 + df.height and set(table["task"]) == {"math", HARNESS_TASK_PREFIX + "taskprune_math"}
     assert read_parquet_metadata(merged)["lm_eval_versions"] == [lm_eval.__version__]
+    assert set(table.filter(pl.col("task").str.starts_with(HARNESS_TASK_PREFIX))["role"]) == {"harness"}
+    assert pl.read_parquet(root / "items.parquet")["task"].unique().to_list() == ["math"]  # harness: no item rows
 
 
 def test_cli_global_allocation_goes_through_load_pruned(workspace):

@@ -432,6 +432,20 @@ def get_embedder(device: str = "cpu") -> SentenceEmbedder:
 
 Z95 = 1.959963984540054
 
+#: The math headline metric (flexible exact match of the final number) and the per-item column it averages.
+#: Every other module names the math headline through these constants (the per-item table, the findings).
+MATH_HEADLINE_METRIC = FINAL_ANSWER_NUMERIC_MATCH
+MATH_HEADLINE_COLUMN = "correct_numeric"
+#: With ``evaluation.math_verify`` on, math-verify's verdict is the headline instead (metric, per-item column).
+MATH_VERIFY_HEADLINE_METRIC = FINAL_ANSWER_MATH_VERIFY
+MATH_VERIFY_HEADLINE_COLUMN = "correct_math_verify"
+#: The code headline metric: an item's pass@1 estimate (the share of its samples that passed).
+CODE_HEADLINE_METRIC = "pass@1"
+CODE_HEADLINE_COLUMN = "correct"
+#: The retention similarity of distractor answers to the base model's answers used as the headline.
+RETENTION_HEADLINE_METRIC = "retention_token_f1"
+RETENTION_HEADLINE_COLUMN = "token_f1"
+
 
 def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval of a proportion (NaN for n = 0)."""
@@ -489,7 +503,7 @@ def score_math_table(df: Any, use_math_verify: bool = False) -> Any:
     )
     if use_math_verify:
         verified = [math_verify_match(g, r) for g, r in zip(gens, refs, strict=True)]
-        df = df.with_columns(pl.Series("correct_math_verify", verified, dtype=pl.Boolean))
+        df = df.with_columns(pl.Series(MATH_VERIFY_HEADLINE_COLUMN, verified, dtype=pl.Boolean))
     return df
 
 
@@ -524,7 +538,7 @@ def task_metric_rows(kind: str, df: Any, n_samples: int = 1) -> list[tuple[str, 
     rows: list[tuple[str, float, int, float, float]] = []
     if kind == "math":
         formatted, numeric = df["correct_formatted"].to_list(), df["correct_numeric"].to_list()
-        verified = df["correct_math_verify"].to_list() if "correct_math_verify" in df.columns else None
+        verified = df[MATH_VERIFY_HEADLINE_COLUMN].to_list() if MATH_VERIFY_HEADLINE_COLUMN in df.columns else None
         rows.append(proportion_row(HEADLINE_METRIC, verified if verified is not None else numeric))
         rows.append(proportion_row(FORMATTED_ANSWER_MATCH, formatted))
         rows.append(proportion_row(FINAL_ANSWER_NUMERIC_MATCH, numeric))
@@ -786,6 +800,6 @@ def _finish_task(
     for metric, value, n, low, high in task_metric_rows(kind, df, n_samples):
         metric_rows.append({**ident, "task": task, "task_kind": kind, "metric": metric, "value": value,
                             "n": n, "ci_low": low, "ci_high": high})
-    headline = HEADLINE_METRIC if kind in ("math", "code") else "retention_token_f1"
+    headline = HEADLINE_METRIC if kind in ("math", "code") else RETENTION_HEADLINE_METRIC
     value = next((r["value"] for r in metric_rows[::-1] if r["task"] == task and r["metric"] == headline), math.nan)
     logger.info("%s %s: %s = %.3f (n = %d)", variant.path, task, headline, value, df.height)

@@ -239,6 +239,8 @@ class Results:
                  findings: dict[str, Any] | None = None) -> None:  # fmt: skip
         import polars as pl
 
+        if "role" in metrics.columns:  # a target-kind distractor's accuracy is not the model's accuracy
+            metrics = metrics.filter(~((pl.col("metric") == "accuracy") & (pl.col("role") == "distractor")))
         self.metrics = metrics
         self.efficiency = efficiency
         self.scores = scores or {}

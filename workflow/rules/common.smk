@@ -118,7 +118,8 @@ def final_outputs():
     outs = [f"results/data/{t}/{s}.parquet" for t in CFG.tasks for s in SPLITS]
     outs += [f"results/models/{m}" for m, mc in CFG.models.items() if mc.source == "train"]
     outs += [f"results/scores/{m}/{s}.parquet" for m in CFG.models for s in CFG.scores.methods]
-    outs += ["results/metrics.parquet", "results/bench/efficiency.parquet", "results/findings.json"]
+    outs += ["results/metrics.parquet", "results/items.parquet", "results/bench/efficiency.parquet"]
+    outs += ["results/findings.json"]
     outs += ["results/bench/stats_collection.parquet", "results/bench/generation.parquet"]
     outs += FIGURE_OUTPUTS + ["results/findings.md", "results/findings.html"]
     return outs

@@ -71,14 +71,18 @@ for _model in CFG.models:
 
 rule metrics:
     input:
-        eval=[f"results/eval/{v.path}/metrics.parquet" for v in ALL_VARIANTS],
+        eval=[f for v in ALL_VARIANTS for f in eval_outputs(v)],
         harness=[f"results/harness/{v.path}.parquet" for v in grid.harness_variants(CFG)],
     output:
-        "results/metrics.parquet",
+        metrics="results/metrics.parquet",
+        per_item="results/items.parquet",
     params:
-        src=source_hash("metrics"),
+        inputs=[f"results/eval/{v.path}/metrics.parquet" for v in ALL_VARIANTS],
+        targets=" ".join(f"--target {m}={mc.task}" for m, mc in CFG.models.items()),
         harness=lambda w, input: ("--harness-inputs " + " ".join(input.harness)) if input.harness else "",
+        src=source_hash("metrics", "evaluate"),
     log:
         "logs/metrics.log",
     shell:
-        "taskprune metrics --inputs {input.eval} {params.harness} --out {output} > {log} 2>&1"
+        "taskprune metrics --inputs {params.inputs} {params.targets} {params.harness} --out {output.metrics} "
+        "--items {output.per_item} > {log} 2>&1"

@@ -25,7 +25,7 @@ def _manifests():
 
 rule findings:
     input:
-        metrics="results/metrics.parquet",
+        per_item="results/items.parquet",
         efficiency="results/bench/efficiency.parquet",
     output:
         json="results/findings.json",
@@ -36,7 +36,7 @@ rule findings:
     log:
         "logs/findings.log",
     shell:
-        "taskprune findings --metrics {input.metrics} --efficiency {input.efficiency} "
+        "taskprune findings --items {input.per_item} --efficiency {input.efficiency} "
         "--out {output.json} --markdown {output.md} --html {output.html} > {log} 2>&1"
 
 
