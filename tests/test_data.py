@@ -1,4 +1,4 @@
-"""Task suites: determinism, disjoint splits, checked math and code, real-data loading, bad input."""
+"""Task suites: determinism, skeleton-disjoint splits, checked math and code, real-data loading, bad input."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from taskprune.io import sha256_file
 
 KINDS = ["math", "code", "conversation", "qna"]
 SMALL = DataConfig(
-    train_size={k: 120 for k in KINDS}, calibration_size=40, eval_size={k: 25 for k in KINDS}
+    train_size={k: 120 for k in KINDS}, calibration_size=40, eval_size={k: 25 for k in KINDS},
+    validation_size={k: 20 for k in KINDS},
 )
 
 
@@ -52,6 +53,7 @@ def test_eval_split_does_not_depend_on_train_size(tmp_path):
     a = _prepare("math", tmp_path / "a")
     b = _prepare("math", tmp_path / "b", SMALL.model_copy(update={"train_size": {"math": 60}}))
     assert a["eval"].equals(b["eval"]) and a["calibration"].equals(b["calibration"])
+    assert a["validation"].equals(b["validation"])
     assert b["train"].height == 60
 
 
@@ -61,7 +63,7 @@ def test_eval_split_does_not_depend_on_train_size(tmp_path):
 @pytest.mark.parametrize("kind", KINDS)
 def test_contract_columns_sizes_and_disjoint_splits(kind, suites):
     frames = suites[kind]
-    assert {s: frames[s].height for s in SPLITS} == {"train": 120, "calibration": 40, "eval": 25}
+    assert {s: frames[s].height for s in SPLITS} == {"train": 120, "calibration": 40, "validation": 20, "eval": 25}
     prompts: dict[str, set[str]] = {}
     ids: list[str] = []
     for split, df in frames.items():
@@ -77,6 +79,71 @@ def test_contract_columns_sizes_and_disjoint_splits(kind, suites):
             if a < b:
                 assert not prompts[a] & prompts[b], f"a prompt is in both {a} and {b}"
     assert "for_stats" not in frames["train"].columns and "for_stats" not in frames["eval"].columns
+
+
+# ------------------------------------------------------------------------------- skeleton-disjoint
+
+
+@pytest.fixture(scope="module")
+def default_suites(tmp_path_factory) -> dict[str, dict[str, pl.DataFrame]]:
+    """The embedded default's suites at their configured sizes (config/config.yaml)."""
+    from taskprune.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "config" / "config.yaml")
+    root = tmp_path_factory.mktemp("default")
+    return {t: _prepare(t, root / t, cfg.data, cfg.tasks[t]) for t in cfg.tasks}
+
+
+def _math_numbers(row: dict) -> tuple:
+    """Independent skeleton of a math item: its template and every number of its reasoning, in order."""
+    return (row["template"], tuple(re.findall(r"\d+", row["answer"])))
+
+
+def _code_solution(row: dict) -> str:
+    """Independent skeleton of a code item: the canonical body with the signature's argument names renamed."""
+    args = re.search(r"def \w+\((.*?)\)", row["prompt"]).group(1)
+    body = row["canonical_solution"]
+    for i, part in enumerate(a for a in args.split(", ") if a):
+        body = re.sub(rf"(?<!')\b{re.escape(part.split(':')[0])}\b(?!')", f"ARG{i}", body)
+    return body
+
+
+def test_default_suites_are_skeleton_disjoint(default_suites):
+    """No eval or validation skeleton is in train or calibration: by the skeleton column, and (math and
+    code) by an independent recomputation of what decides the answer (numbers; solution up to names)."""
+    for task, frames in default_suites.items():
+        for split, df in frames.items():
+            assert "skeleton" in df.columns and df["skeleton"].null_count() == 0, (task, split)
+        seen = set(frames["train"]["skeleton"]) | set(frames["calibration"]["skeleton"])
+        for held in ("eval", "validation"):
+            assert not set(frames[held]["skeleton"]) & seen, (task, held)
+        assert not set(frames["eval"]["skeleton"]) & set(frames["validation"]["skeleton"]), task
+        recompute = {"math": _math_numbers, "code": _code_solution}.get(task)
+        if recompute is None:
+            continue
+        trained = {recompute(r) for s in ("train", "calibration") for r in frames[s].iter_rows(named=True)}
+        for held in ("eval", "validation"):
+            overlap = [r["id"] for r in frames[held].iter_rows(named=True) if recompute(r) in trained]
+            assert not overlap, (task, held, overlap[:3])
+
+
+def test_validation_split_size_and_variety(default_suites):
+    for task, frames in default_suites.items():
+        assert frames["validation"].height >= 100, task
+    # held-out splits spread over the templates / families instead of a few frequent skeletons
+    for task, column in (("math", "template"), ("code", "family")):
+        for held in ("eval", "validation"):
+            counts = frames_counts = default_suites[task][held][column].value_counts()["count"]
+            assert frames_counts.max() <= -(-2 * default_suites[task][held].height // counts.len()) + 1, (task, held)
+            assert counts.len() >= 8, (task, held)
+
+
+def test_skeleton_bucket_is_a_pure_function_of_the_skeleton():
+    cfg = DataConfig()
+    buckets = [data.skeleton_bucket(f"t|{i}", "math", cfg) for i in range(4000)]
+    share = {b: buckets.count(b) / len(buckets) for b in ("eval", "validation", "train")}
+    assert share["eval"] == pytest.approx(0.1, abs=0.02) and share["validation"] == pytest.approx(0.1, abs=0.02)
+    assert buckets == [data.skeleton_bucket(f"t|{i}", "math", cfg) for i in range(4000)]
 
 
 def test_calibration_stats_split_is_seeded_80_20(suites):
@@ -229,8 +296,9 @@ def test_local_gsm8k_file_shared_by_two_splits_is_split_disjointly(tmp_path, _da
         "calibration": {"source": "local", "path": src, "limit": 10},
         "eval": {"source": "local", "path": src, "limit": 5},
     })  # fmt: skip
-    frames = _prepare("gsm8k", tmp_path / "out", SMALL, cfg)
-    assert {s: frames[s].height for s in SPLITS} == {"train": 15, "calibration": 10, "eval": 5}
+    # validation unset: a chunk of train's source (validation_size rows), disjoint from the others
+    frames = _prepare("gsm8k", tmp_path / "out", SMALL.model_copy(update={"validation_size": {"math": 5}}), cfg)
+    assert {s: frames[s].height for s in SPLITS} == {"train": 10, "calibration": 10, "validation": 5, "eval": 5}
     all_prompts = [p for s in SPLITS for p in frames[s]["prompt"]]
     assert sorted(all_prompts) == sorted(r["question"] for r in rows)  # each record in exactly one split
     row = frames["eval"].row(0, named=True)
@@ -252,7 +320,7 @@ def test_local_squad_file_with_nested_answers(tmp_path, _datasets_cache):
         "eval": {"source": "local", "path": src, "limit": 4,
                  "fields": {"answer_start": "answers.answer_start.0"}},
     })  # fmt: skip
-    frames = _prepare("squad", tmp_path / "out", SMALL, cfg)
+    frames = _prepare("squad", tmp_path / "out", SMALL.model_copy(update={"validation_size": {"qna": 2}}), cfg)
     for df in frames.values():
         for r in df.iter_rows(named=True):
             assert r["context"][r["answer_start"] :].startswith(r["answer"]) and r["answer"].startswith("river R")

@@ -23,7 +23,7 @@ TaskKind = Literal["math", "code", "conversation", "qna"]
 ScoreMethod = Literal["selectivity", "taker", "wanda", "magnitude", "random"]
 Direction = Literal["selective", "reverse", "random"]
 SCORE_METHODS: tuple[str, ...] = ("selectivity", "taker", "wanda", "magnitude", "random")
-SPLITS: tuple[str, ...] = ("train", "calibration", "eval")
+SPLITS: tuple[str, ...] = ("train", "calibration", "validation", "eval")
 
 
 class _Strict(BaseModel):
@@ -56,6 +56,9 @@ class TaskConfig(_Strict):
     kind: TaskKind
     train: TaskSource = Field(default_factory=TaskSource)
     calibration: TaskSource = Field(default_factory=TaskSource)
+    validation: TaskSource | None = Field(
+        None, description="model-building choices (training check, step counts); default: synthetic, or a chunk of train's source"
+    )
     eval: TaskSource = Field(default_factory=TaskSource)
 
 
@@ -68,8 +71,16 @@ class DataConfig(_Strict):
     calibration_stats_fraction: float = Field(0.8, gt=0, le=1)
     split_seed: int = 42
     eval_size: dict[str, int] = Field(default_factory=lambda: {"math": 200, "code": 100, "conversation": 100, "qna": 100})
+    validation_size: dict[str, int] = Field(
+        default_factory=lambda: {"math": 200, "code": 100, "conversation": 100, "qna": 100},
+        description="per task: items for model-building choices (never the eval split)",
+    )
+    eval_skeleton_share: float = Field(0.1, gt=0, lt=0.5, description="synthetic: share of skeletons held out for eval")
+    validation_skeleton_share: float = Field(
+        0.1, gt=0, lt=0.5, description="synthetic: share of skeletons held out for validation"
+    )
 
-    @field_validator("train_size", "eval_size")
+    @field_validator("train_size", "eval_size", "validation_size")
     @classmethod
     def _positive(cls, v: dict[str, int]) -> dict[str, int]:
         for k, n in v.items():
@@ -122,6 +133,9 @@ class TrainingConfig(_Strict):
     )
     seed: int = 42
     threads: int | None = Field(None, ge=1, description="torch threads (default: all cores)")
+    init: str | None = Field(
+        None, description="name of a 'generalists' entry to continue from (its checkpoint); null: from scratch"
+    )
 
     @field_validator("mix")
     @classmethod
@@ -129,6 +143,27 @@ class TrainingConfig(_Strict):
         if any(x < 0 for x in v.values()) or not math.isclose(sum(v.values()), 1.0, abs_tol=1e-6):
             raise ValueError(f"mix shares must be non-negative and sum to 1, got {v}")
         return v
+
+
+class GeneralistConfig(_Strict):
+    """A general model trained on a mix of tasks, the common origin of specialists (``training.init``).
+
+    Not part of the pruning grid; add it to ``models`` (``source: pretrained``, ``path:
+    results/models/<name>``) to prune it like any other model.
+    """
+
+    architecture: ArchitectureConfig = Field(default_factory=ArchitectureConfig)
+    training: TrainingConfig = Field(
+        default_factory=lambda: TrainingConfig(mix={"math": 0.25, "code": 0.25, "conversation": 0.25, "qna": 0.25})
+    )
+
+    @model_validator(mode="after")
+    def _no_target(self) -> GeneralistConfig:
+        if "target" in self.training.mix:
+            raise ValueError("a generalist has no target task: name tasks in training.mix, not 'target'")
+        if self.training.init is not None:
+            raise ValueError("a generalist is trained from scratch: training.init must be null")
+        return self
 
 
 class ModelConfig(_Strict):
@@ -366,6 +401,9 @@ class Config(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tasks: dict[str, TaskConfig]
     models: dict[str, ModelConfig]
+    generalists: dict[str, GeneralistConfig] = Field(
+        default_factory=dict, description="general models specialists continue from (training.init); not pruned"
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     stats: StatsConfig = Field(default_factory=StatsConfig)
     scores: ScoresConfig = Field(default_factory=ScoresConfig)
@@ -382,7 +420,7 @@ class Config(_Strict):
                              (self.recovery, "seed")):
             if key not in section.model_fields_set:
                 setattr(section, key, self.seed)
-        for m in self.models.values():
+        for m in [*self.models.values(), *self.generalists.values()]:
             if "seed" not in m.training.model_fields_set:
                 m.training.seed = self.seed
         return self
@@ -399,6 +437,17 @@ class Config(_Strict):
                     raise ValueError(f"models.{name}.distractors: '{d}' is not a task (tasks: {', '.join(self.tasks)})")
             if m.task in m.distractors:
                 raise ValueError(f"models.{name}: the target task '{m.task}' cannot also be a distractor")
+            if m.training.init is not None and m.training.init not in self.generalists:
+                raise ValueError(
+                    f"models.{name}.training.init '{m.training.init}' is not a generalist "
+                    f"(generalists: {', '.join(self.generalists) or 'none'})"
+                )
+        for name, g in self.generalists.items():
+            if name in self.models:
+                raise ValueError(f"generalists.{name}: also a name in 'models' (checkpoints share results/models/)")
+            for t in g.training.mix:
+                if t not in self.tasks:
+                    raise ValueError(f"generalists.{name}.training.mix: '{t}' is not a task (tasks: {', '.join(self.tasks)})")
         for method in self.pruning.methods:
             _, score = parse_method(method)
             if score != "random" and score not in self.scores.methods:
@@ -487,7 +536,7 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
     # Config files merge key by key (Snakemake's --configfile, load_config), so a later file removes a
     # model or task of an earlier one by setting it to null (config/paper.yaml drops the embedded models).
     raw = dict(raw)
-    for section in ("models", "tasks"):
+    for section in ("models", "tasks", "generalists"):
         if isinstance(raw.get(section), dict):
             raw[section] = {k: v for k, v in raw[section].items() if v is not None}
     try:

