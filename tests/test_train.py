@@ -1,5 +1,6 @@
-"""Tiny specialists: tokenizer round trip, packed batches, a smoke training run that reloads with stock
-Auto classes to identical logits, and one-line errors for bad input."""
+"""Tiny models: tokenizer round trip, packed batches, a smoke training run that reloads with stock Auto
+classes to identical logits, a generalist whose weights a specialist starts from bitwise, training that
+never needs the eval split, and one-line errors for bad input."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from taskprune import data, train
-from taskprune.config import DataConfig, EvaluationConfig, ModelConfig, TaskConfig
+from taskprune.config import DataConfig, EvaluationConfig, GeneralistConfig, ModelConfig, TaskConfig
 from taskprune.errors import DataError
 
 TEXTS = [
@@ -111,9 +112,11 @@ SMOKE_MODEL = {
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     kinds = ["math", "code", "conversation", "qna"]
-    cfg = DataConfig(train_size={k: 60 for k in kinds}, calibration_size=4, eval_size={k: 6 for k in kinds})
+    cfg = DataConfig(train_size={k: 60 for k in kinds}, calibration_size=4, eval_size={k: 6 for k in kinds},
+                     validation_size={k: 6 for k in kinds})  # fmt: skip
     for kind in kinds:
         data.prepare_task(kind, TaskConfig(kind=kind), cfg, root / kind)
+        (root / kind / "eval.parquet").unlink()  # training never reads the eval split: it is not even there
     return root
 
 
@@ -129,9 +132,10 @@ def test_smoke_specialist_reloads_with_stock_auto_classes(kind, data_dir, tmp_pa
         f"tiny-{kind}", ModelConfig(task=kind, **SMOKE_MODEL), {}, data_dir, out, EVAL, "cpu", progress=False
     )
     info = json.loads((out / "training.json").read_text())
-    for key in ("heldout_accuracy", "n_heldout", "train_seconds", "params", "train_cpu_seconds", "steps_per_s"):
+    for key in ("validation_accuracy", "n_validation", "train_seconds", "params", "train_cpu_seconds", "steps_per_s"):
         assert key in info
-    assert info["n_heldout"] == 6 and 0.0 <= info["heldout_accuracy"] <= 1.0 and info["task_kind"] == kind
+    assert info["n_validation"] == 6 and 0.0 <= info["validation_accuracy"] <= 1.0 and info["task_kind"] == kind
+    assert info["validation_by_task"] == {kind: info["validation_accuracy"]} and info["init"] is None
     assert info["params"] == sum(p.numel() for p in trained.model.parameters())
     loss = pl.read_parquet(out / "loss.parquet")
     assert loss.height == 6 and {"step", "loss", "learning_rate", "tokens", "seconds"} <= set(loss.columns)
@@ -141,7 +145,7 @@ def test_smoke_specialist_reloads_with_stock_auto_classes(kind, data_dir, tmp_pa
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert model.config.model_type == "llama" and model.config.intermediate_size >= 5 * model.config.hidden_size
-    prompt = pl.read_parquet(data_dir / kind / "eval.parquet")["prompt"][0]
+    prompt = pl.read_parquet(data_dir / kind / "validation.parquet")["prompt"][0]
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
     assert ids.tolist() == trained.tokenizer(prompt, return_tensors="pt")["input_ids"].tolist()
     with torch.no_grad():
@@ -153,6 +157,64 @@ def test_training_is_deterministic(data_dir, tmp_path):
     b = train.train_specialist("b", ModelConfig(task="math", **SMOKE_MODEL), {}, data_dir, tmp_path / "b", EVAL, "cpu", False)
     for (n, p), (_, q) in zip(a.model.named_parameters(), b.model.named_parameters(), strict=True):
         assert torch.equal(p, q), n
+
+
+# ------------------------------------------------------------------------ generalist -> specialist
+
+
+GENERALIST = GeneralistConfig(
+    architecture=SMOKE_MODEL["architecture"],
+    training={**SMOKE_MODEL["training"], "mix": {"math": 0.25, "code": 0.25, "conversation": 0.25, "qna": 0.25}},
+)
+
+
+@pytest.fixture(scope="module")
+def generalist(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen") / "tiny-base"
+    trained = train.train_model("tiny-base", GENERALIST.architecture, GENERALIST.training, None, {}, data_dir, out,
+                                EVAL, "cpu", False)  # fmt: skip
+    return out, trained
+
+
+def test_generalist_checks_every_task_of_its_mix(generalist):
+    out, trained = generalist
+    info = json.loads((out / "training.json").read_text())
+    assert set(info["validation_by_task"]) == {"math", "code", "conversation", "qna"} and info["task"] is None
+    assert (out / "model.safetensors").is_file() and info == trained.info
+
+
+def test_specialist_starts_bitwise_from_the_generalist(generalist, data_dir, tmp_path, monkeypatch):
+    out, base = generalist
+    at_step_0: dict[str, torch.Tensor] = {}
+    real_loop = train.train_loop
+
+    def spy(model, *args, **kwargs):
+        at_step_0.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real_loop(model, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_loop", spy)
+    cfg = ModelConfig(task="math", architecture=SMOKE_MODEL["architecture"],
+                      training={**SMOKE_MODEL["training"], "init": "tiny-base"})  # fmt: skip
+    spec = train.train_specialist("tiny-math", cfg, {}, data_dir, tmp_path / "m", EVAL, "cpu", False, init_dir=out)
+    expected = base.model.state_dict()
+    assert set(at_step_0) == set(expected)
+    for k, v in expected.items():
+        assert torch.equal(at_step_0[k], v), k  # the generalist's trained weights, bit for bit
+    assert spec.tokenizer.get_vocab() == base.tokenizer.get_vocab()  # its tokenizer too, not a new one
+    moved = [k for k, v in spec.model.state_dict().items() if not torch.equal(v, expected[k])]
+    assert moved  # and then it trains
+    assert json.loads((tmp_path / "m" / "training.json").read_text())["init"] == str(out)
+
+
+def test_specialist_of_another_shape_than_its_generalist_is_an_error(generalist, data_dir, tmp_path):
+    from taskprune.errors import ConfigError
+
+    out, _ = generalist
+    arch = {**SMOKE_MODEL["architecture"], "hidden_size": 64, "intermediate_size": 320}
+    cfg = ModelConfig(task="math", architecture=arch, training={**SMOKE_MODEL["training"], "init": "tiny-base"})
+    with pytest.raises(ConfigError, match="hidden_size"):
+        train.train_specialist("m", cfg, {}, data_dir, tmp_path / "m", EVAL, "cpu", False, init_dir=out)
+    assert not (tmp_path / "m").exists()
 
 
 # ---------------------------------------------------------------------------------------- bad input
@@ -167,7 +229,7 @@ def test_missing_and_broken_inputs_are_one_line_errors(data_dir, tmp_path):
     broken = tmp_path / "broken"
     for task in ("math", "conversation", "qna"):
         (broken / task).mkdir(parents=True)
-        for split in ("train", "eval"):
+        for split in ("train", "validation"):
             (broken / task / f"{split}.parquet").write_bytes((data_dir / task / f"{split}.parquet").read_bytes())
     pl.DataFrame({"id": ["x"], "prompt": ["p"]}).write_parquet(broken / "qna" / "train.parquet")
     with pytest.raises(DataError, match=r"qna/train.parquet.*missing column\(s\) completion"):
