@@ -30,6 +30,7 @@ include: "workflow/rules/recover.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/harness.smk"
 include: "workflow/rules/bench.smk"
+include: "workflow/rules/overlap.smk"
 include: "workflow/rules/figures.smk"
 
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 STAGES: dict[str, tuple[str, str]] = {
     "config": ("taskprune.config_cli", "validate a config file and print the resolved grid"),
     "data": ("taskprune.data", "prepare task suites: results/data/{task}/{split}.parquet"),
-    "train": ("taskprune.train", "train an embedded tiny specialist from scratch"),
+    "train": ("taskprune.train", "train an embedded tiny generalist, or a specialist (from it or from scratch)"),
     "stats": ("taskprune.stats", "stream per-neuron activation statistics of one model on one dataset"),
     "scores": ("taskprune.scores", "compute a neuron score table (selectivity, taker, wanda, ...)"),
     "prune": ("taskprune.prune", "physically remove MLP neurons into a smaller checkpoint"),
@@ -31,6 +31,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "bench-stats": ("taskprune.bench_stats", "benchmark statistics collection against baselines"),
     "bench-generation": ("taskprune.bench_generation", "benchmark batched generation against a batch-1 loop"),
     "findings": ("taskprune.findings", "decide from the data whether each claim of the paper reproduced"),
+    "overlap": ("taskprune.overlap", "overlap of two specialists' selective neurons vs chance; vs the generalist"),
     "figures": ("taskprune.figures", "render figures and summary tables"),
 }
 

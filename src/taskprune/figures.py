@@ -45,6 +45,7 @@ FIGURES: dict[str, str] = {
     "selectivity_distributions": "selectivity_distributions.rst",
     "removed_neurons": "removed_neurons.rst",
     "harness": "harness.rst",
+    "neuron_overlap": "neuron_overlap.rst",
 }
 TABLES: tuple[str, ...] = ("summary.csv", "summary.md", "summary.html")
 FORMATS: tuple[str, ...] = ("png", "svg")
@@ -236,11 +237,12 @@ class Results:
     def __init__(self, metrics: pl.DataFrame, efficiency: pl.DataFrame | None = None,
                  scores: dict[tuple[str, str], pl.DataFrame] | None = None,
                  manifests: pl.DataFrame | None = None, widths: dict[str, list[int]] | None = None,
-                 findings: dict[str, Any] | None = None) -> None:  # fmt: skip
+                 findings: dict[str, Any] | None = None, overlap: pl.DataFrame | None = None) -> None:  # fmt: skip
         import polars as pl
 
         if "role" in metrics.columns:  # a target-kind distractor's accuracy is not the model's accuracy
             metrics = metrics.filter(~((pl.col("metric") == "accuracy") & (pl.col("role") == "distractor")))
+        self.overlap = overlap  # results/tables/neuron_overlap.parquet (taskprune.overlap), if given
         self.metrics = metrics
         self.efficiency = efficiency
         self.scores = scores or {}
@@ -806,6 +808,46 @@ def fig_removed_neurons(res: Results) -> Figure:
     return fig
 
 
+def fig_neuron_overlap(res: Results) -> Figure:
+    """Left: Jaccard overlap of the two specialists' reverse-pruned (most selective) sets per level, and of
+    the generalist's own sets for the two tasks, against its exact chance value. Right: Spearman correlation
+    of each specialist's selectivity with the generalist's, per layer and over all neurons."""
+    import polars as pl
+
+    fig, axes = _subplots(1, 2, (11, 3.8))
+    left, right = axes[0][0], axes[0][1]
+    df = res.overlap
+    if df is None or df.height == 0:
+        for ax in (left, right):
+            _empty(ax, "no overlap table (needs two specialists continued from one generalist)")
+        _finish(fig, "Are task-specific neurons task-specific?")
+        return fig
+    jac = df.filter((pl.col("analysis") == "jaccard") & pl.col("layer").is_null()).sort("level_pct")
+    for i, ((a, b), part) in enumerate(jac.group_by(["model_a", "model_b"], maintain_order=True)):
+        color = ("#1f4e9c", "#7f8c8d")[i % 2]
+        left.plot(part["level_pct"], part["value"], marker="o", color=color, label=f"{a} vs {b}")
+        left.plot(part["level_pct"], part["chance"], linestyle=":", color=color, label=f"chance ({a.split('@')[0]})")
+    left.set(xlabel="reverse pruning level (% of MLP neurons, most selective first)", ylabel="Jaccard overlap (all layers)",
+             title="overlap of the most selective sets", ylim=(0, 1))  # fmt: skip
+    left.legend(fontsize=7)
+    rho = df.filter(pl.col("analysis") == "spearman")
+    specialists = list(dict.fromkeys(rho["model_a"].to_list()))
+    n_layers = int(rho["layer"].max()) + 1 if rho["layer"].drop_nulls().len() else 0
+    width = 0.8 / max(1, len(specialists))
+    for i, name in enumerate(specialists):
+        part = rho.filter(pl.col("model_a") == name)
+        values = [part.filter(pl.col("layer") == layer)["value"][0] for layer in range(n_layers)]
+        values.append(part.filter(pl.col("layer").is_null())["value"][0])
+        right.bar([x + i * width for x in range(n_layers + 1)], values, width=width, label=f"{name} vs {part['model_b'][0]}")
+    right.set_xticks([x + 0.4 - width / 2 for x in range(n_layers + 1)], [*map(str, range(n_layers)), "all"])
+    right.axhline(0, color="0.3", lw=0.8)
+    right.set(xlabel="layer", ylabel="Spearman rho of selectivity", title="specialist vs generalist selectivity", ylim=(-1, 1))
+    right.legend(fontsize=7)
+    _finish(fig, "Are task-specific neurons task-specific?",
+            "chance: exact expected Jaccard of two random k-subsets per layer (hypergeometric)")
+    return fig
+
+
 FIGURE_FUNCTIONS: dict[str, Callable[[Results], Figure]] = {
     "accuracy_vs_level": fig_accuracy_vs_level,
     "reverse_collapse": fig_reverse_collapse,
@@ -816,6 +858,7 @@ FIGURE_FUNCTIONS: dict[str, Callable[[Results], Figure]] = {
     "selectivity_distributions": fig_selectivity_distributions,
     "removed_neurons": fig_removed_neurons,
     "harness": fig_harness,
+    "neuron_overlap": fig_neuron_overlap,
 }
 assert set(FIGURE_FUNCTIONS) == set(FIGURES)
 
@@ -994,7 +1037,7 @@ def _load_manifests(files: Sequence[Path]) -> tuple[pl.DataFrame | None, dict[st
 
 def load_results(metrics: str, efficiency: str | None = None, scores: Sequence[str] = (),
                  pruned_root: str | None = None, manifests: Sequence[str] = (),
-                 findings: str | None = None) -> Results:  # fmt: skip
+                 findings: str | None = None, overlap: str | None = None) -> Results:  # fmt: skip
     import polars as pl
 
     from taskprune.findings import load_efficiency, load_metrics
@@ -1008,7 +1051,8 @@ def load_results(metrics: str, efficiency: str | None = None, scores: Sequence[s
             counts = table.group_by("layer").agg(pl.len()).sort("layer")
             widths[model] = [int(n) for n in counts["len"].to_list()]
     f = read_json(findings, what="findings") if findings else None
-    return Results(m, eff, sc, man, widths, f)
+    ov = read_parquet(overlap, ["analysis", "model_a", "model_b", "layer", "value", "chance"], what="overlap table") if overlap else None
+    return Results(m, eff, sc, man, widths, f, ov)
 
 
 def render_all(res: Results, out_dir: Path, only: Sequence[str] | None = None) -> list[Path]:
@@ -1042,13 +1086,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pruned-root", help="directory holding {model}/{method}/{level}/{seed}/manifest.parquet")
     parser.add_argument("--manifests", nargs="*", default=[], metavar="PATH",
                         help="pruning manifests (files or checkpoint directories), in addition to --pruned-root")  # fmt: skip
+    parser.add_argument("--overlap", nargs="?", default=None, help="results/tables/neuron_overlap.parquet (neuron_overlap)")
     parser.add_argument("--out-dir", required=True, help="figure directory (results/figures)")
     parser.add_argument("--tables-dir", required=True, help="table directory (results/tables)")
     parser.add_argument("--only", nargs="*", choices=list(FIGURES), help="render only these figures")
 
 
 def run(args: argparse.Namespace) -> int:
-    res = load_results(args.metrics, args.efficiency, args.scores, args.pruned_root, args.manifests, args.findings)
+    res = load_results(args.metrics, args.efficiency, args.scores, args.pruned_root, args.manifests, args.findings,
+                       args.overlap)  # fmt: skip
     paths = render_all(res, Path(args.out_dir), args.only)
     paths += write_tables(res, Path(args.tables_dir))
     log.info("wrote %d files: %s", len(paths), ", ".join(str(p) for p in paths))

@@ -125,4 +125,5 @@ def final_outputs():
     outs += ["results/findings.json"]
     outs += ["results/bench/stats_collection.parquet", "results/bench/generation.parquet"]
     outs += FIGURE_OUTPUTS + ["results/findings.md", "results/findings.html"]
+    outs += OVERLAP_OUTPUTS
     return outs

@@ -47,6 +47,7 @@ rule figures:
         findings="results/findings.json",
         scores=_score_tables(),
         pruned=_manifests(),
+        overlap=OVERLAP_OUTPUTS,
     output:
         [
             report(
@@ -66,5 +67,5 @@ rule figures:
         "logs/figures.log",
     shell:
         "taskprune figures --metrics {input.metrics} --efficiency {input.efficiency} "
-        "--findings {input.findings} --scores {input.scores} --manifests {input.pruned} "
+        "--findings {input.findings} --scores {input.scores} --manifests {input.pruned} --overlap {input.overlap} "
         "--out-dir results/figures --tables-dir results/tables > {log} 2>&1"
