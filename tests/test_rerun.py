@@ -34,7 +34,8 @@ MODELS = ("tiny-math", "tiny-code")
 PRUNE_METHODS = {"selective": "0", "reverse": "0", "random": "33"}  # method -> its seed in the smoke grid
 LEVELS = ("10", "35.71")
 # rules that gather every variant (or every result): any change below them reruns them
-GATHER_RULES = {"bench_gather", "metrics", "findings", "figures", "report_assets"}
+GATHER_RULES = {"bench_gather", "metrics", "findings", "figures", "report_assets", "neuron_overlap"}
+GENERALIST = "tiny-base"  # the smoke grid's specialists both continue from it
 
 
 @pytest.fixture(scope="session")
@@ -125,7 +126,12 @@ def test_new_distractor_reruns_its_stats_and_downstream_only(finished_run, tmp_p
     assert [j.wildcards["task"] for j in jobs.pop("data")] == ["chat2"]
     # the one statistics job of the new (model, dataset); the other datasets' statistics are reused
     assert [(j.wildcards["model"], j.wildcards["dataset"]) for j in jobs.pop("stats")] == [("tiny-math", "chat2")]
-    assert "train" not in jobs, "adding a distractor must not retrain the specialist"
+    assert "train" not in jobs, "adding a distractor must not retrain the specialist (nor the generalist)"
+    # the generalist's selectivity in tiny-math's setting needs its statistics on the new distractor too
+    assert [(j.wildcards["generalist"], j.wildcards["dataset"]) for j in jobs.pop("generalist_stats")] == [
+        (GENERALIST, "chat2")
+    ]
+    assert [j.wildcards["model"] for j in jobs.pop("generalist_selectivity")] == ["tiny-math"]
     scores = jobs.pop("scores")
     assert {j.wildcards["model"] for j in scores} == {"tiny-math"}
     assert "selectivity" in {j.wildcards["score"] for j in scores}
@@ -157,7 +163,7 @@ def test_pruning_code_change_reruns_pruning_and_downstream_not_stats(finished_ru
     assert all(variant_of(j)[1] != "base" for j in jobs.pop("bench", []))
     # the harness stage imports prune (load_pruned), so all its jobs rerun, the base model's included
     assert {variant_of(j) for j in jobs.pop("harness")} == {("tiny-math", "base"), ("tiny-math", "selective", "35.71", "0")}
-    for upstream in ("data", "train", "stats", "scores", "bench_stats", "bench_generation"):
+    for upstream in ("data", "train", "stats", "scores", "bench_stats", "bench_generation", "generalist_stats"):
         assert upstream not in jobs, f"{upstream} must not rerun after a change to prune.py"
     assert set(jobs) <= GATHER_RULES, f"unexpected jobs: {sorted(set(jobs) - GATHER_RULES)}"
     assert plan(finished_run) == [], "restoring prune.py must make the run complete again"
