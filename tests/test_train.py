@@ -256,3 +256,22 @@ def test_cli_options_and_errors(data_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--help"])
     assert exit_.value.code == 0
+
+
+def test_cli_trains_a_generalist_and_a_specialist_from_it(data_dir, tmp_path, capsys):
+    from taskprune.cli import main
+
+    gen = tmp_path / "tiny-base"
+    base = ["--data-dir", str(data_dir), "--no-progress"]
+    opts = {"generalist": GENERALIST.model_dump(mode="json"), "evaluation": EVAL.model_dump()}
+    assert main(["train", "--model", "tiny-base", "--out", str(gen), *base, "--options", json.dumps(opts)]) == 0
+    assert set(json.loads((gen / "training.json").read_text())["validation_by_task"]) == {"math", "code", "conversation", "qna"}
+    spec = {"model": {"task": "code", "architecture": SMOKE_MODEL["architecture"],
+                      "training": {**SMOKE_MODEL["training"], "init": "tiny-base"}}, "evaluation": EVAL.model_dump()}  # fmt: skip
+    argv = ["train", "--model", "tiny-code", "--out", str(tmp_path / "c"), *base, "--options", json.dumps(spec)]
+    capsys.readouterr()
+    assert main(argv) == 2  # training.init without --init: one-line error naming the key
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training.init" in err[0]
+    assert main([*argv, "--init", str(gen)]) == 0
+    assert json.loads((tmp_path / "c" / "training.json").read_text())["init"] == str(gen)

@@ -573,7 +573,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         import json
 
-        raw = json.loads(args.options or "{}") if isinstance(args.options, str) else {}
+        try:
+            raw = json.loads(args.options or "{}")
+        except (TypeError, json.JSONDecodeError):
+            raw = {}  # stage_options reports the bad JSON in one line
         if isinstance(raw, dict) and "generalist" in raw:
             generalist = validate_section(raw["generalist"], GeneralistConfig, "generalist")
             opts = stage_options(argparse.Namespace(options=json.dumps({k: v for k, v in raw.items() if k != "generalist"})), sections)
