@@ -110,7 +110,7 @@ def test_figure_draws_the_table(tmp_path):
     table = overlap.overlap_table(spec, "g", {"m": [rng.normal(size=10)], "c": [rng.normal(size=10)]}, ["10", "30"])
     fig = figures.fig_neuron_overlap(SimpleNamespace(overlap=table))
     left, right = fig.axes[:2]
-    assert len(left.lines) == 4  # two pairs, each with its chance line
+    assert len(left.lines) == 3  # two pairs and their common chance line
     assert list(left.lines[0].get_ydata()) == pytest.approx(
         table.filter((pl.col("analysis") == "jaccard") & (pl.col("model_a") == "m") & pl.col("layer").is_null())
         .sort("level_pct")["value"].to_list())  # fmt: skip

@@ -826,7 +826,8 @@ def fig_neuron_overlap(res: Results) -> Figure:
     for i, ((a, b), part) in enumerate(jac.group_by(["model_a", "model_b"], maintain_order=True)):
         color = ("#1f4e9c", "#7f8c8d")[i % 2]
         left.plot(part["level_pct"], part["value"], marker="o", color=color, label=f"{a} vs {b}")
-        left.plot(part["level_pct"], part["chance"], linestyle=":", color=color, label=f"chance ({a.split('@')[0]})")
+        if i == 0:  # every pair has the same k and d_ff per layer, so the same chance value
+            left.plot(part["level_pct"], part["chance"], linestyle=":", color="0.3", label="chance (random k-subsets)")
     left.set(xlabel="reverse pruning level (% of MLP neurons, most selective first)", ylabel="Jaccard overlap (all layers)",
              title="overlap of the most selective sets", ylim=(0, 1))  # fmt: skip
     left.legend(fontsize=7)
