@@ -764,7 +764,7 @@ def _variant_fields(variant: str) -> dict[str, Any]:
         v = parse_variant(variant)
     except ValueError:
         raise DataError(
-            f"--variant '{variant}': expected {{model}}/base or {{model}}/{{method}}/{{level}}/{{seed}}[/recovered]"
+            f"--variant '{variant}': expected {{model}}/base or {{model}}/{{method}}/{{level}}/{{seed}}[/recovered-{{recipe}}]"
         ) from None
     return {
         "variant": v.path,

@@ -280,10 +280,26 @@ class RecoveryTaskConfig(_Strict):
     max_steps: int | None = Field(None, ge=1)
 
 
+def _check_recipes(names: list[str], key: str) -> list[str]:
+    """Every name must be a registered recovery recipe (``taskprune.recover.RECIPES``), listed once."""
+    from taskprune.recover import RECIPES  # lazy: recover imports this module
+
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(RECIPES), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ValueError(f"{key}: unknown recovery recipe '{unknown[0]}'{hint}; known: {', '.join(RECIPES)}")
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"{key} must list distinct recipes, got {names}")
+    return names
+
+
 class RecoverySelection(_Strict):
     method: str
     levels: list[float] | Literal["all", "max"] = "all"
     seeds: list[int] | Literal["all", "first"] = "all"
+    #: the recipes (of recovery.methods) this selection is recovered with; "all" = every one of them
+    recipes: list[str] | Literal["all"] = "all"
 
     @field_validator("method")
     @classmethod
@@ -291,9 +307,29 @@ class RecoverySelection(_Strict):
         parse_method(v)
         return v
 
+    @field_validator("recipes")
+    @classmethod
+    def _r(cls, v: list[str] | str) -> list[str] | str:
+        return v if v == "all" else _check_recipes(list(v), "recovery.variants[].recipes")
+
+
+class DistillationConfig(_Strict):
+    """The ``lora-kd`` recipe: KL from the unpruned base model's token distributions, optionally mixed
+    with cross-entropy: ``loss = (1 - ce_weight) * T^2 * KL(p_teacher^T || p_student^T) + ce_weight * CE``."""
+
+    temperature: float = Field(2.0, gt=0)
+    ce_weight: float = Field(0.0, ge=0, le=1)
+    teacher_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = the student's device")
+    teacher_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto = the student's dtype (the stored dtype on a GPU, float32 on a CPU)"
+    )
+
 
 class RecoveryConfig(_Strict):
     enabled: bool = True
+    #: named recovery recipes (``taskprune.recover.RECIPES``); ``lora`` is the paper's
+    methods: list[str] = Field(default_factory=lambda: ["lora"])
+    distillation: DistillationConfig = Field(default_factory=DistillationConfig)
     variants: list[RecoverySelection] = Field(
         default_factory=lambda: [
             RecoverySelection(method="selective", levels="all"),
@@ -311,6 +347,23 @@ class RecoveryConfig(_Strict):
     seed: int = 42
     per_task: dict[str, RecoveryTaskConfig] = Field(default_factory=dict)
     default: RecoveryTaskConfig = Field(default_factory=RecoveryTaskConfig)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        return _check_recipes(list(v), "recovery.methods")
+
+    @model_validator(mode="after")
+    def _selection_recipes(self) -> RecoveryConfig:
+        for sel in self.variants:
+            extra = [] if sel.recipes == "all" else [r for r in sel.recipes if r not in self.methods]
+            if extra:
+                raise ValueError(f"recovery.variants: recipe '{extra[0]}' is not in recovery.methods {self.methods}")
+        return self
+
+    def recipes_for(self, sel: RecoverySelection) -> list[str]:
+        """The recipes one selection is recovered with, in ``methods`` order."""
+        return list(self.methods) if sel.recipes == "all" else [r for r in self.methods if r in sel.recipes]
 
 
 class SandboxConfig(_Strict):

@@ -588,7 +588,7 @@ _KIND_COLUMNS = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from taskprune.config import add_config_arguments
 
-    parser.add_argument("--variant", required=True, help="variant path: {model}/base or {model}/{method}/{level}/{seed}[/recovered]")
+    parser.add_argument("--variant", required=True, help="variant path: {model}/base or {model}/{method}/{level}/{seed}[/recovered-{recipe}]")
     parser.add_argument("--model-path", "--checkpoint", dest="model_path", required=True,
                         help="model directory (or hub id for a pretrained base model)")
     parser.add_argument(
@@ -664,7 +664,7 @@ def variant_from_arg(text: str) -> Any:
     try:
         return parse_variant(text)
     except ValueError as exc:
-        raise ConfigError(f"--variant: {exc} (expected {{model}}/base or {{model}}/{{method}}/{{level}}/{{seed}}[/recovered])") from None
+        raise ConfigError(f"--variant: {exc} (expected {{model}}/base or {{model}}/{{method}}/{{level}}/{{seed}}[/recovered-{{recipe}}])") from None
 
 
 def variant_columns(variant: Any) -> dict[str, Any]:
@@ -678,7 +678,7 @@ def variant_columns(variant: Any) -> dict[str, Any]:
     return {
         "model": variant.model, "method": variant.method, "direction": direction, "score": score,
         "level": variant.level, "level_pct": float(variant.level_pct), "seed": int(variant.seed),
-        "stage": variant.stage,
+        "stage": variant.stage, "recovery": variant.recovery,
     }
 
 
@@ -782,6 +782,8 @@ def run(args: argparse.Namespace) -> int:
             _finish_task(out_dir, task, kind, df, meta, variant, metric_rows, n_samples)
     order = {t: i for i, t in enumerate(tasks)}
     metrics = metrics_frame(sorted(metric_rows, key=lambda r: order[r["task"]]))
+    # the recipe of a recovered variant (null otherwise), read by the gather step (metrics._with_recovery)
+    metrics = metrics.with_columns(pl.lit(variant.recovery, dtype=pl.String).alias("recovery"))
     # the seeds behind the numbers: bootstrap CIs and pass@k sampling use fixed seeds (0)
     write_parquet(metrics, out_dir / "metrics.parquet",
                   metadata={**meta, "bootstrap_seed": 0, "sampling_seed": 0})

@@ -3,8 +3,10 @@
 The Snakefile's input functions, the metrics collector and the figures all enumerate variants through
 this module, so the paths in ``results/`` follow one definition (DESIGN.md's data contracts).
 
-A variant is ``{model}/base`` or ``{model}/{method}/{level}/{seed}[/recovered]``; ``{seed}`` is 0 for the
-deterministic methods and ``{level}`` is the percentage as written in the config.
+A variant is ``{model}/base``, ``{model}/{method}/{level}/{seed}`` (pruned) or
+``{model}/{method}/{level}/{seed}/recovered-{recipe}`` (a pruned variant recovered with one recipe of
+``recovery.methods``, e.g. ``recovered-lora``); ``{seed}`` is 0 for the deterministic methods and ``{level}``
+is the percentage as written in the config.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 from taskprune.config import Config, RecoverySelection, format_level, parse_method
 
 BASE = "base"
+#: last path component of a recovered variant: ``recovered-{recipe}``
+RECOVERED_PREFIX = "recovered-"
 
 
 @dataclass(frozen=True, order=True)
@@ -23,6 +27,12 @@ class Variant:
     level: str = "0"
     seed: int = 0
     stage: str = "base"  # base | pruned | recovered
+    recovery: str | None = None  # the recovery recipe of a recovered variant (lora, lora-kd), else None
+
+    def __post_init__(self) -> None:
+        if (self.stage == "recovered") != (self.recovery is not None):
+            raise ValueError(f"a {self.stage} variant {'needs' if self.stage == 'recovered' else 'has no'} "
+                             f"recovery recipe (got {self.recovery!r})")
 
     @property
     def path(self) -> str:
@@ -30,7 +40,7 @@ class Variant:
         if self.stage == "base":
             return f"{self.model}/base"
         core = f"{self.model}/{self.method}/{self.level}/{self.seed}"
-        return f"{core}/recovered" if self.stage == "recovered" else core
+        return f"{core}/{RECOVERED_PREFIX}{self.recovery}" if self.stage == "recovered" else core
 
     @property
     def checkpoint(self) -> str:
@@ -40,7 +50,7 @@ class Variant:
             return f"results/models/{self.model}"
         if self.stage == "pruned":
             return f"results/pruned/{self.model}/{self.method}/{self.level}/{self.seed}"
-        return f"results/recovered/{self.model}/{self.method}/{self.level}/{self.seed}"
+        return f"results/recovered/{self.model}/{self.method}/{self.level}/{self.seed}/{self.recovery}"
 
     @property
     def level_pct(self) -> float:
@@ -49,6 +59,10 @@ class Variant:
     @property
     def pruned(self) -> Variant:
         return Variant(self.model, self.method, self.level, self.seed, "pruned")
+
+    def recovered(self, recipe: str) -> Variant:
+        """This variant's pruned checkpoint recovered with ``recipe``."""
+        return Variant(self.model, self.method, self.level, self.seed, "recovered", recipe)
 
 
 def seeds_for(cfg: Config, method: str) -> list[int]:
@@ -91,8 +105,9 @@ def recovered_variants(cfg: Config, model: str | None = None) -> list[Variant]:
         return []
     out = []
     for v in pruned_variants(cfg, model):
-        if any(_selected(sel, cfg, v) for sel in cfg.recovery.variants):
-            out.append(Variant(v.model, v.method, v.level, v.seed, "recovered"))
+        recipes = {r for sel in cfg.recovery.variants if _selected(sel, cfg, v) for r in cfg.recovery.recipes_for(sel)}
+        out.extend(Variant(v.model, v.method, v.level, v.seed, "recovered", r)
+                   for r in cfg.recovery.methods if r in recipes)
     return out
 
 
@@ -134,9 +149,8 @@ def parse_variant(path: str) -> Variant:
     parts = path.strip("/").split("/")
     if len(parts) == 2 and parts[1] == BASE:
         return Variant(parts[0])
-    if len(parts) in (4, 5):
-        stage = "recovered" if len(parts) == 5 and parts[4] == "recovered" else "pruned"
-        if len(parts) == 5 and parts[4] != "recovered":
-            raise ValueError(f"not a variant path: {path}")
-        return Variant(parts[0], parts[1], parts[2], int(parts[3]), stage)
+    if len(parts) == 4:
+        return Variant(parts[0], parts[1], parts[2], int(parts[3]), "pruned")
+    if len(parts) == 5 and parts[4].startswith(RECOVERED_PREFIX) and len(parts[4]) > len(RECOVERED_PREFIX):
+        return Variant(parts[0], parts[1], parts[2], int(parts[3]), "recovered", parts[4][len(RECOVERED_PREFIX):])
     raise ValueError(f"not a variant path: {path}")

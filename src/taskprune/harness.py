@@ -187,7 +187,7 @@ def evaluate_lm(lm: Any, harness: Any, local: dict[str, Path], task_dir: Path, c
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from taskprune.config import add_config_arguments
 
-    parser.add_argument("--variant", required=True, help="variant path: {model}/base or {model}/{method}/{level}/{seed}[/recovered]")
+    parser.add_argument("--variant", required=True, help="variant path: {model}/base or {model}/{method}/{level}/{seed}[/recovered-{recipe}]")
     parser.add_argument("--model-path", "--checkpoint", dest="model_path", required=True,
                         help="model directory (or hub id for a pretrained base model)")
     parser.add_argument("--local-task", dest="local_tasks", action="append", default=[], metavar="NAME=PATH",

@@ -1,5 +1,20 @@
 """Recovery: LoRA fine-tuning of a pruned checkpoint on its target task, merged back into a normal checkpoint.
 
+A *recipe* (:data:`RECIPES`, ``recovery.methods`` in the config) says what the adapters learn from:
+
+- ``lora`` (the paper's): next-token cross-entropy on the completion tokens of the task's train split;
+- ``lora-kd``: the same adapters, examples, batch order, steps, sequence length and schedule, but the loss is
+  the KL divergence from the *unpruned* base model's token distributions (temperature ``T``) on the same
+  completion tokens, optionally mixed with cross-entropy:
+  ``(1 - ce_weight) * T^2 * KL(softmax(z_teacher / T) || softmax(z_student / T)) + ce_weight * CE``.
+  The teacher's logits are computed on the fly, one no-grad forward per micro-batch on the very tensors the
+  student sees (so one teacher forward over each step's batch); nothing is stored.
+
+Every recipe draws its batches from :func:`batch_order` with the same seed, so two recipes see identical
+example sequences for the same number of optimiser steps (a matched budget); ``recovery.json`` records the
+tokens, steps, wall and CPU time, peak memory and a hash of the example sequence, so the comparison's
+fairness and cost can be checked.
+
 The paper asks whether a short parameter-efficient fine-tune on the target task's *train* split recovers
 the accuracy lost to pruning. This stage trains LoRA adapters (peft) on every configured projection of the
 pruned model, merges them into the weights (``merge_and_unload``) and saves a plain checkpoint with the
@@ -19,7 +34,7 @@ gradients accumulated). Uniform and per-layer-width checkpoints load through
 :func:`taskprune.modeling.load_model`; LoRA wraps each projection at its own shape, and the merged model is
 saved with the source's width keys in ``config.json``, so it reloads the same way.
 
-Output ``results/recovered/{model}/{method}/{level}/{seed}/``: the merged checkpoint (source dtype), the
+Output ``results/recovered/{model}/{method}/{level}/{seed}/{recipe}/``: the merged checkpoint (source dtype), the
 tokenizer files copied from the pruned checkpoint, and ``recovery.json`` (hyper-parameters, steps, loss
 curve summary, seconds, seed, parameter counts), written as one atomic directory.
 
@@ -30,17 +45,18 @@ model can never have seen its own test items.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import math
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from taskprune.config import RecoveryConfig, RecoveryTaskConfig
+from taskprune.config import DistillationConfig, RecoveryConfig, RecoveryTaskConfig
 from taskprune.errors import DataError, ModelError
 
 log = logging.getLogger(__name__)
@@ -262,6 +278,126 @@ def add_lora(model: Any, recovery: RecoveryConfig, seed: int) -> Any:
     return get_peft_model(model, lora_config)
 
 
+# ----------------------------------------------------------------------------------------- recipes
+
+
+def _shifted_targets(labels: Any) -> tuple[Any, Any]:
+    """``(mask [B, T-1], targets [N])``: position t predicts token t+1; N = completion tokens (labels != -100)."""
+    mask = labels[:, 1:] != -100
+    return mask, labels[:, 1:][mask]
+
+
+def cross_entropy_sum(student_logits: Any, labels: Any) -> Any:
+    """Sum of next-token cross-entropies over the completion tokens (``logits [B, T, V]``, ``labels [B, T]``)."""
+    import torch
+
+    mask, targets = _shifted_targets(labels)
+    return torch.nn.functional.cross_entropy(student_logits[:, :-1][mask].float(), targets, reduction="sum")
+
+
+def distillation_sum(student_logits: Any, teacher_logits: Any, labels: Any, temperature: float) -> Any:
+    """``T^2 * sum over completion tokens of KL(softmax(z_t / T) || softmax(z_s / T))``.
+
+    ``student_logits`` and ``teacher_logits`` are ``[B, T, V]`` over the same tokens; only the positions that
+    predict a completion token (``labels[:, 1:] != -100``) count, the same positions as the cross-entropy.
+    The ``T^2`` factor keeps the gradient's scale independent of the temperature (Hinton et al., 2015).
+    """
+    import torch
+
+    if student_logits.shape != teacher_logits.shape:
+        raise ModelError(
+            f"teacher logits {tuple(teacher_logits.shape)} do not match the student's {tuple(student_logits.shape)} "
+            "(the teacher must be the unpruned model with the same vocabulary)"
+        )
+    mask, _ = _shifted_targets(labels)
+    log_p_student = torch.log_softmax(student_logits[:, :-1][mask].float() / temperature, dim=-1)  # [N, V]
+    log_p_teacher = torch.log_softmax(teacher_logits[:, :-1][mask].float() / temperature, dim=-1)  # [N, V]
+    # kl_div(input=log q, target=log p, log_target=True) = sum p * (log p - log q)
+    kl = torch.nn.functional.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="sum")
+    return temperature**2 * kl
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a recipe's loss may use besides the student and the batch."""
+
+    n_targets: int  # completion tokens of the whole optimiser step (the loss is a mean over them)
+    teacher: Any | None = None  # the unpruned base model (eval mode, no gradient) for distillation recipes
+    distillation: DistillationConfig | None = None
+
+
+def _lora_loss(student: Any, batch: dict[str, Any], ctx: StepContext) -> Any:
+    # num_items_in_batch: the model returns sum(CE over this micro-batch's labels) / n_targets
+    return student(**batch, num_items_in_batch=ctx.n_targets).loss
+
+
+def _teacher_logits(teacher: Any, batch: dict[str, Any], device: Any) -> Any:
+    """One no-grad teacher forward on the student's micro-batch: logits ``[B, T, V]`` on ``device``."""
+    import torch
+
+    teacher_device = next(teacher.parameters()).device
+    with torch.no_grad():
+        logits = teacher(input_ids=batch["input_ids"].to(teacher_device),
+                         attention_mask=batch["attention_mask"].to(teacher_device)).logits
+    return logits.to(device)
+
+
+def _lora_kd_loss(student: Any, batch: dict[str, Any], ctx: StepContext) -> Any:
+    if ctx.teacher is None or ctx.distillation is None:
+        raise ModelError("recipe 'lora-kd' needs the unpruned teacher model (--teacher)")
+    kd = ctx.distillation
+    logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # [B, T, V]
+    teacher_logits = _teacher_logits(ctx.teacher, batch, logits.device)
+    loss = (1.0 - kd.ce_weight) * distillation_sum(logits, teacher_logits, batch["labels"], kd.temperature)
+    if kd.ce_weight > 0:
+        loss = loss + kd.ce_weight * cross_entropy_sum(logits, batch["labels"])
+    return loss / ctx.n_targets
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named recovery recipe: how the LoRA adapters' loss is computed for one micro-batch."""
+
+    name: str
+    description: str
+    needs_teacher: bool
+    #: (peft student, micro-batch tensors, context) -> this micro-batch's share of the step's mean loss
+    loss: Callable[[Any, dict[str, Any], StepContext], Any]
+
+
+#: The one registry of recovery recipes (``recovery.methods``).
+RECIPES: dict[str, Recipe] = {
+    "lora": Recipe("lora", "LoRA, cross-entropy on the task's completions (the paper's)", False, _lora_loss),
+    "lora-kd": Recipe(
+        "lora-kd",
+        "LoRA, KL from the unpruned base model's token distributions (+ optional cross-entropy)",
+        True,
+        _lora_kd_loss,
+    ),
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    from taskprune.errors import ConfigError
+
+    if name not in RECIPES:
+        raise ConfigError(f"--recipe: unknown recovery recipe '{name}'; known: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def peak_memory_bytes(device: Any) -> dict[str, int]:
+    """Peak resident memory of this process so far (Linux ``ru_maxrss``) and, on CUDA, the peak allocated
+    by torch on ``device``."""
+    import resource
+
+    out = {"process_rss": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024}
+    if getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        out["cuda_allocated"] = int(torch.cuda.max_memory_allocated(device))
+    return out
+
+
 @dataclass
 class TrainingLog:
     """What happened during one LoRA run."""
@@ -272,6 +408,8 @@ class TrainingLog:
     total_tokens: int = 0
     seconds: float = 0.0  # wall clock
     cpu_seconds: float = 0.0  # CPU time of this process (all threads): comparable across loaded machines
+    batches: list[list[int]] = field(default_factory=list)  # example indices of each step, in order
+    sequence_sha256: str = ""  # hash of every step's token ids in order: equal for a matched budget
 
     def summary(self) -> dict[str, Any]:
         n = len(self.losses)
@@ -305,12 +443,17 @@ def train_lora(
     microbatch_tokens: int | None = MICROBATCH_TOKENS,
     activation_checkpointing: bool = False,
     progress: bool = True,
+    recipe: str = "lora",
+    teacher: Any | None = None,
+    distillation: DistillationConfig | None = None,
 ) -> TrainingLog:
     """Train the LoRA parameters of ``peft_model`` for ``steps`` AdamW steps (linear warm-up and decay).
 
-    The loss of a step is ``sum of completion-token cross-entropies / number of completion tokens`` over the
-    whole batch, however it is cut into micro-batches (each micro-batch's sum is divided by the batch's
-    token count, and the gradients add up). ``activation_checkpointing`` recomputes each decoder layer in
+    The loss of a step is the ``recipe``'s per-token loss (cross-entropy for ``lora``, the distillation loss
+    from ``teacher`` for ``lora-kd``) summed over the completion tokens of the whole batch and divided by
+    their number, however the batch is cut into micro-batches (each micro-batch's sum is divided by the
+    batch's token count, and the gradients add up). The batches do not depend on the recipe, so every
+    recipe sees the same example sequence for the same ``seed`` and ``steps``. ``activation_checkpointing`` recomputes each decoder layer in
     the backward pass instead of storing its activations (for large models on a GPU).
 
     Deterministic for a given seed, thread count and device: the batch order, LoRA dropout and the adapter
@@ -322,6 +465,9 @@ def train_lora(
 
     if not examples:
         raise DataError("recovery: no training example left after tokenization (are prompts longer than seq_len?)")
+    chosen = get_recipe(recipe)
+    if chosen.needs_teacher and teacher is None:
+        raise ModelError(f"recipe '{recipe}' needs the unpruned teacher model")
     device = next(peft_model.parameters()).device
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
@@ -338,18 +484,21 @@ def train_lora(
         else:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     peft_model.train()
-    record = TrainingLog()
+    record = TrainingLog(batches=batches)
+    sequence_hash = hashlib.sha256()
     start, cpu_start = time.perf_counter(), time.process_time()
     bar = tqdm(batches, desc="recover", unit="step", disable=not progress, mininterval=2.0)
     for step, indices in enumerate(bar):
         batch_examples = [examples[i] for i in indices]
         # every completion token is a label (n_prompt >= 1, so none is lost to the shift inside the loss)
         n_targets = sum(len(e.input_ids) - e.n_prompt for e in batch_examples)
+        for e in batch_examples:
+            sequence_hash.update(repr(e.input_ids).encode())
+        ctx = StepContext(n_targets, teacher, distillation)
         step_loss = 0.0
         for micro in split_microbatches(batch_examples, microbatch_tokens):
             batch = {k: v.to(device) for k, v in collate(micro, pad_id).items()}
-            # num_items_in_batch: the model returns sum(CE over this micro-batch's labels) / n_targets
-            loss = peft_model(**batch, num_items_in_batch=n_targets).loss
+            loss = chosen.loss(peft_model, batch, ctx)
             loss.backward()
             step_loss += float(loss.detach())
             record.total_tokens += int(batch["attention_mask"].sum())
@@ -365,6 +514,7 @@ def train_lora(
             log.debug("step %d/%d loss %.4f", step + 1, steps, record.losses[-1])
     record.seconds = time.perf_counter() - start
     record.cpu_seconds = time.process_time() - cpu_start
+    record.sequence_sha256 = sequence_hash.hexdigest()
     if activation_checkpointing:
         base = peft_model.get_base_model()
         if hasattr(base, "activation_checkpointing_disable"):
@@ -499,17 +649,27 @@ def recover(
     *,
     task: str,
     recovery: RecoveryConfig,
+    recipe: str = "lora",
+    teacher_path: str | os.PathLike[str] | None = None,
     device: str = "auto",
     chat_template: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Recover one pruned checkpoint and write ``out_dir``; returns the ``recovery.json`` record."""
+    """Recover one pruned checkpoint with ``recipe`` and write ``out_dir``; returns the ``recovery.json``
+    record. ``teacher_path`` (the unpruned base model: a directory or hub id) is needed by distillation
+    recipes and ignored by the others."""
     from taskprune.arch import layer_widths
     from taskprune.io import read_json, read_parquet
     from taskprune.modeling import check_checkpoint_dir, load_model, load_tokenizer, resolve_device
 
     t0 = time.perf_counter()
+    chosen = get_recipe(recipe)
     check_checkpoint_dir(pruned_dir)  # one-line error for a missing or incomplete checkpoint
+    if chosen.needs_teacher:
+        if teacher_path is None:
+            raise ModelError(f"recipe '{recipe}' distils from the unpruned base model: give --teacher DIR")
+        if Path(teacher_path).exists():
+            check_checkpoint_dir(teacher_path)
     hp = task_hyperparameters(recovery, task)
     train = read_parquet(train_path, ["id", "prompt", "completion"], what="recovery train split")
     evaluation = read_parquet(eval_path, ["id", "prompt"], what="evaluation split")
@@ -534,6 +694,9 @@ def recover(
     # in fp32); on a CPU it is fp32 as everywhere else. The merged weights are saved in the stored dtype.
     dtype = checkpoint_dtype(pruned_dir) if torch_device.type == "cuda" else default_dtype
     model = load_model(pruned_dir, str(torch_device.type), dtype=dtype)
+    teacher, teacher_info = None, None
+    if chosen.needs_teacher:
+        teacher, teacher_info = load_teacher(teacher_path, recovery.distillation, torch_device, dtype)
     widths_before = layer_widths(model)
     params_pruned = count_parameters(model)
     examples, counts = build_examples(
@@ -560,7 +723,12 @@ def recover(
         seed=recovery.seed,
         activation_checkpointing=on_gpu,
         progress=progress,
+        recipe=recipe,
+        teacher=teacher,
+        distillation=recovery.distillation if chosen.needs_teacher else None,
     )
+    peak_memory = peak_memory_bytes(torch_device)
+    del teacher
     t_merge = time.perf_counter()
     merged = merge_lora(peft_model)
     params_recovered = count_parameters(merged)
@@ -580,6 +748,9 @@ def recover(
         "source": str(pruned_dir),
         "source_pruning": read_json(pruning_json) if pruning_json.is_file() else None,
         "task": task,
+        "recipe": recipe,
+        "recipe_description": chosen.description,
+        "teacher": teacher_info,
         "train_path": str(train_path),
         "eval_path": str(eval_path),
         "seed": recovery.seed,
@@ -604,9 +775,12 @@ def recover(
             "max_grad_norm": MAX_GRAD_NORM,
             "microbatch_tokens": MICROBATCH_TOKENS,
             "activation_checkpointing": on_gpu,
+            **({"distillation": recovery.distillation.model_dump(mode="json")} if chosen.needs_teacher else {}),
         },
-        "data": {**counts, "completion_tokens": training.completion_tokens, "total_tokens": training.total_tokens},
+        "data": {**counts, "completion_tokens": training.completion_tokens, "total_tokens": training.total_tokens,
+                 "sequence_sha256": training.sequence_sha256},
         "steps": summary["steps"],
+        "peak_memory_bytes": peak_memory,
         "epochs_done": summary["steps"] * recovery.batch_size / len(examples),
         "loss": summary,
         "params": {
@@ -630,6 +804,24 @@ def recover(
 # --------------------------------------------------------------------------------------------- CLI
 
 
+def load_teacher(
+    path: str | os.PathLike[str] | None, distillation: DistillationConfig, student_device: Any, student_dtype: Any
+) -> tuple[Any, dict[str, Any]]:
+    """The frozen unpruned teacher on its configured device and dtype (``auto``: the student's), and a
+    description of it for ``recovery.json``."""
+    import torch
+
+    from taskprune.modeling import load_model, resolve_device
+
+    device = student_device if distillation.teacher_device == "auto" else resolve_device(distillation.teacher_device)[0]
+    dtype = student_dtype if distillation.teacher_dtype == "auto" else getattr(torch, distillation.teacher_dtype)
+    teacher = load_model(path, str(device.type), dtype=dtype).eval()
+    teacher.requires_grad_(False)
+    info = {"path": str(path), "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+            "params": count_parameters(teacher)}
+    return teacher, info
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from taskprune.config import add_config_arguments
 
@@ -641,6 +833,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--task", required=True, help="target task name (selects recovery.per_task)")
     parser.add_argument("--out", required=True, metavar="DIR", help="recovered checkpoint directory to write")
+    parser.add_argument("--recipe", default="lora", choices=list(RECIPES),
+                        help="recovery recipe (recovery.methods): " + "; ".join(
+                            f"{r.name} = {r.description}" for r in RECIPES.values()))
+    parser.add_argument("--teacher", metavar="DIR", default=None,
+                        help="the unpruned base model (directory or hub id) a distillation recipe learns from")
     parser.add_argument(
         "--chat-template", action=argparse.BooleanOptionalAction, default=False,
         help="wrap prompts in the tokenizer's chat template (models with chat_template: true)",
@@ -665,6 +862,8 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         task=args.task,
         recovery=opts.recovery,
+        recipe=args.recipe,
+        teacher_path=args.teacher,
         device=opts.device,
         chat_template=args.chat_template,
         progress=not args.no_progress,

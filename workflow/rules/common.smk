@@ -2,6 +2,7 @@
 import hashlib
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -39,6 +40,7 @@ wildcard_constraints:
     method="[a-z]+(-[a-z]+)?",
     level=r"[0-9]+(\.[0-9]+)?",
     seed=r"[0-9]+",
+    recipe="[a-z]+(-[a-z]+)*",
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -1,7 +1,7 @@
 # Evaluation of every variant (base, pruned, recovered) on its target task and distractors.
 # One job per variant evaluates all of that variant's tasks (one process start instead of several).
 
-VARIANT_RE = r"(base|[a-z]+(-[a-z]+)?/[0-9]+(\.[0-9]+)?/[0-9]+(/recovered)?)"
+VARIANT_RE = r"(base|[a-z]+(-[a-z]+)?/[0-9]+(\.[0-9]+)?/[0-9]+(/recovered-[a-z]+(-[a-z]+)*)?)"
 
 
 def eval_inputs(wildcards):
