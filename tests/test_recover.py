@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from taskprune.config import RecoveryConfig, RecoveryTaskConfig  # noqa: E402
 from taskprune.errors import DataError  # noqa: E402
 from taskprune.recover import (  # noqa: E402
     MIN_SUBSTRING_CHARS,
+    RECIPES,
+    StepContext,
     TrainingExample,
     add_lora,
     batch_order,
@@ -312,6 +315,134 @@ def test_same_seed_gives_the_same_weights():
     assert not all(torch.equal(first[k], other[k]) for k in first)
 
 
+# -------------------------------------------------------------------------------------- recipes
+
+
+def _kl_by_hand(student_logits, teacher_logits, labels, temperature: float) -> tuple[float, float, int]:
+    """(sum over completion positions of KL(p_t^T || p_s^T), sum of CE, count), in float64 Python loops."""
+    kl_total, ce_total, count = 0.0, 0.0, 0
+    s_rows, t_rows, lab = student_logits.double().tolist(), teacher_logits.double().tolist(), labels.tolist()
+    for b in range(len(lab)):
+        for t in range(len(lab[b]) - 1):
+            target = lab[b][t + 1]
+            if target == -100:
+                continue
+            zs = [z / temperature for z in s_rows[b][t]]
+            zt = [z / temperature for z in t_rows[b][t]]
+            ms, mt = max(zs), max(zt)
+            log_norm_s = ms + math.log(sum(math.exp(z - ms) for z in zs))
+            log_norm_t = mt + math.log(sum(math.exp(z - mt) for z in zt))
+            kl_total += sum(math.exp(a - log_norm_t) * ((a - log_norm_t) - (c - log_norm_s)) for a, c in zip(zt, zs, strict=True))
+            raw = s_rows[b][t]
+            m = max(raw)
+            ce_total += m + math.log(sum(math.exp(z - m) for z in raw)) - raw[target]
+            count += 1
+    return kl_total, ce_total, count
+
+
+@pytest.mark.parametrize("ce_weight", [0.0, 0.3])
+def test_kd_loss_equals_a_hand_computed_kl(ce_weight):
+    from taskprune.config import DistillationConfig
+
+    student, teacher = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
+    _narrow_mlps(student, [40, 56])  # a pruned student, an unpruned teacher: same vocabulary
+    batch = collate(_random_examples(3, 7), PAD)
+    kd = DistillationConfig(temperature=1.7, ce_weight=ce_weight)
+    n_targets = int((batch["labels"][:, 1:] != -100).sum())
+    with torch.no_grad():
+        loss = RECIPES["lora-kd"].loss(student, batch, StepContext(n_targets, teacher, kd))
+        s_logits, t_logits = _logits(student, batch["input_ids"]), _logits(teacher, batch["input_ids"])
+    kl, ce, count = _kl_by_hand(s_logits, t_logits, batch["labels"], kd.temperature)
+    assert count == n_targets and kl > 0.01
+    expected = ((1 - ce_weight) * kd.temperature**2 * kl + ce_weight * ce) / n_targets
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_teacher_equal_to_the_student_gives_zero_kd_loss_and_no_update():
+    from taskprune.config import DistillationConfig
+
+    teacher = tiny_model("qwen2", seed=2)
+    student = add_lora(tiny_model("qwen2", seed=2), _recovery(dropout=0.0), seed=0)  # B = 0: the identity
+    batch = collate(_random_examples(4, 8), PAD)
+    n_targets = int((batch["labels"][:, 1:] != -100).sum())
+
+    def loss_and_gradient(teacher_model) -> tuple[float, float]:
+        student.zero_grad(set_to_none=True)
+        loss = RECIPES["lora-kd"].loss(student, batch, StepContext(n_targets, teacher_model, DistillationConfig()))
+        loss.backward()
+        grads = [p.grad.abs().max() for n, p in student.named_parameters() if "lora_" in n and p.grad is not None]
+        return float(loss.detach()), float(max(grads))
+
+    loss, gradient = loss_and_gradient(teacher)
+    assert abs(loss) < 1e-6 and gradient < 1e-6
+    # and a different teacher does not give zero (the check can fail)
+    other_loss, other_gradient = loss_and_gradient(tiny_model("qwen2", seed=3))
+    assert other_loss > 1e-3 and other_gradient > 1e-4
+    log = train_lora(student, _random_examples(8, 9), pad_id=PAD, batch_size=4, steps=1, learning_rate=1e-2,
+                     seed=0, progress=False, recipe="lora-kd", teacher=teacher, distillation=DistillationConfig())
+    assert abs(log.losses[0]) < 1e-6
+
+
+def _seen_by_the_student(recipe: str, seed: int) -> tuple[list[tuple[int, ...]], object]:
+    """Every token row the student's embedding layer receives while training with ``recipe`` (recorded
+    by a forward hook, independently of the training log), and the log."""
+    from taskprune.config import DistillationConfig
+
+    student = add_lora(tiny_model("llama", seed=0), _recovery(dropout=0.0), seed=0)
+    seen: list[tuple[int, ...]] = []
+    student.get_input_embeddings().register_forward_pre_hook(
+        lambda _module, args: seen.extend(tuple(r) for r in args[0].tolist())
+    )
+    log = train_lora(student, _random_examples(10, 5), pad_id=PAD, batch_size=4, steps=4, learning_rate=1e-2,
+                     seed=seed, progress=False, recipe=recipe, teacher=tiny_model("llama", seed=1),
+                     distillation=DistillationConfig(ce_weight=0.5))
+    return seen, log
+
+
+def test_matched_budget_recipes_see_identical_example_sequences():
+    lora_seen, lora_log = _seen_by_the_student("lora", seed=4)
+    kd_seen, kd_log = _seen_by_the_student("lora-kd", seed=4)
+    assert len(lora_seen) == 4 * 4 and lora_seen == kd_seen
+    assert lora_log.batches == kd_log.batches and lora_log.sequence_sha256 == kd_log.sequence_sha256
+    assert len(lora_log.losses) == len(kd_log.losses) == 4
+    assert lora_log.completion_tokens == kd_log.completion_tokens and lora_log.total_tokens == kd_log.total_tokens
+    other_seen, other_log = _seen_by_the_student("lora", seed=5)
+    assert other_seen != lora_seen and other_log.sequence_sha256 != lora_log.sequence_sha256
+
+
+def test_a_distillation_recipe_without_a_teacher_is_refused():
+    from taskprune.errors import ModelError
+
+    student = add_lora(tiny_model("llama"), _recovery(), seed=0)
+    with pytest.raises(ModelError, match="teacher"):
+        train_lora(student, _random_examples(4, 1), pad_id=PAD, batch_size=4, steps=1, learning_rate=1e-2,
+                   seed=0, progress=False, recipe="lora-kd")
+
+
+def test_unknown_recipe_in_the_config_names_the_key():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="recovery.methods: unknown recovery recipe 'lora-dk'.*lora-kd"):
+        RecoveryConfig(methods=["lora", "lora-dk"])
+    with pytest.raises(ValidationError, match="not in recovery.methods"):
+        RecoveryConfig(methods=["lora"], variants=[{"method": "selective", "recipes": ["lora-kd"]}])
+
+
+def test_recovered_variants_carry_their_recipe():
+    from taskprune.grid import Variant, parse_variant
+
+    v = Variant("m", "selective", "10", 0, "recovered", "lora-kd")
+    assert v.path == "m/selective/10/0/recovered-lora-kd"
+    assert v.checkpoint == "results/recovered/m/selective/10/0/lora-kd"
+    assert parse_variant(v.path) == v and parse_variant("m/selective/10/0") == v.pruned
+    assert v.pruned.recovered("lora") == parse_variant("m/selective/10/0/recovered-lora")
+    for bad in ("m/selective/10/0/recovered", "m/selective/10/0/lora"):
+        with pytest.raises(ValueError):
+            parse_variant(bad)
+    with pytest.raises(ValueError):
+        Variant("m", "selective", "10", 0, "recovered")
+
+
 # ------------------------------------------------------------------------------------------- CLI
 
 
@@ -372,6 +503,23 @@ def test_cli_writes_a_loadable_checkpoint(task_files):
         widths = source_config["taskprune_layer_widths"]
         assert json.loads((out / "config.json").read_text())["taskprune_layer_widths"] == widths
         assert record["layer_widths"] == widths
+
+
+def test_cli_lora_kd_matches_the_lora_budget_and_records_its_cost(task_files):
+    teacher_dir = task_files / "teacher"
+    tiny_model("llama", seed=1).save_pretrained(teacher_dir)
+    _tokenizer(teacher_dir)
+    assert _cli(task_files) == 0
+    lora = json.loads((task_files / "recovered" / "recovery.json").read_text())
+    (task_files / "recovered").rename(task_files / "recovered-lora")
+    assert _cli(task_files, extra=("--recipe", "lora-kd", "--teacher", str(teacher_dir))) == 0
+    kd = json.loads((task_files / "recovered" / "recovery.json").read_text())
+    assert (lora["recipe"], kd["recipe"]) == ("lora", "lora-kd") and lora["teacher"] is None
+    assert kd["teacher"]["path"] == str(teacher_dir) and kd["teacher"]["dtype"] == "float32"
+    assert kd["hyperparameters"]["distillation"]["temperature"] == 2.0
+    for key in ("steps", "data"):
+        assert kd[key] == lora[key]  # same steps, tokens and example sequence (hash)
+    assert kd["peak_memory_bytes"]["process_rss"] > 0 and kd["seconds"]["train"] > 0
 
 
 def test_cli_refuses_eval_items_in_training_data(task_files, capsys):
