@@ -206,3 +206,27 @@ def test_findings_json_is_not_required_but_used(tmp_path):
     verdict = res.verdict("selective_beats_random")
     status = next(c for c in json.loads(findings.read_text())["claims"] if c["id"] == "selective_beats_random")
     assert verdict is not None and status["status"].upper() in verdict
+
+
+def test_recovery_recipes_figure_keeps_recipes_apart(tmp_path):
+    """Two recipes at one level: the paper's figure and table read lora only, the recipe figure draws both."""
+    paths = synthetic_results(tmp_path / "results", methods=("selective",), efficiency=False, manifests=False)
+    table = pl.read_parquet(paths["metrics"])
+    recovered = pl.col("stage") == "recovered"
+    lora = table.with_columns(pl.when(recovered).then(pl.lit("lora")).otherwise(pl.lit(None)).alias("recovery"))
+    kd = lora.filter(recovered).with_columns(pl.lit("lora-kd").alias("recovery"), pl.col("value") * 0.5)
+    pl.concat([lora, kd]).write_parquet(paths["metrics"])
+    res = figures.load_results(paths["metrics"])
+    assert res.recipes("tiny-math", "selective") == ["lora", "lora-kd"]
+    lora_rows = res.rows("tiny-math", "accuracy", method="selective", stage="recovered")
+    kd_rows = res.rows("tiny-math", "accuracy", method="selective", stage="recovered", recovery="lora-kd")
+    assert lora_rows.height == kd_rows.height == len(LEVELS)
+    assert kd_rows["value"].to_list() == pytest.approx([0.5 * v for v in lora_rows["value"].to_list()])
+    fig = figures.fig_recovery_recipes(res)
+    labels = {t.get_text() for leg in fig.legends for t in leg.get_texts()}
+    assert {"recovered: lora", "recovered: lora-kd", "selective (selectivity): pruned"} <= labels
+    assert run_cli(paths, tmp_path) == 0
+    check_png(tmp_path / "figures" / "recovery_recipes.png")
+    summary = pl.read_csv(tmp_path / "tables" / "summary.csv")
+    rec = summary.filter((pl.col("model") == "tiny-math") & (pl.col("stage") == "recovered") & (pl.col("level") == 30))
+    assert sorted(rec["recovery"].to_list()) == ["lora", "lora-kd"] and (rec["n_seeds"] == 1).all()

@@ -39,6 +39,7 @@ FIGURES: dict[str, str] = {
     "accuracy_vs_level": "accuracy_vs_level.rst",
     "reverse_collapse": "reverse_collapse.rst",
     "recovery": "recovery.rst",
+    "recovery_recipes": "recovery_recipes.rst",
     "distractor_retention": "distractor_retention.rst",
     "trap_rate": "trap_rate.rst",
     "efficiency": "efficiency.rst",
@@ -240,10 +241,12 @@ class Results:
                  findings: dict[str, Any] | None = None, overlap: pl.DataFrame | None = None) -> None:  # fmt: skip
         import polars as pl
 
+        from taskprune.metrics import with_recovery
+
         if "role" in metrics.columns:  # a target-kind distractor's accuracy is not the model's accuracy
             metrics = metrics.filter(~((pl.col("metric") == "accuracy") & (pl.col("role") == "distractor")))
         self.overlap = overlap  # results/tables/neuron_overlap.parquet (taskprune.overlap), if given
-        self.metrics = metrics
+        self.metrics = with_recovery(metrics)
         self.efficiency = efficiency
         self.scores = scores or {}
         self.manifests = manifests
@@ -254,10 +257,16 @@ class Results:
         self.target_task = dict(targets.iter_rows())
 
     def rows(self, model: str, metric: str, *, task: str | None = None, method: str | None = None,
-             stage: str = "pruned") -> pl.DataFrame:  # fmt: skip
+             stage: str = "pruned", recovery: str | None = None) -> pl.DataFrame:  # fmt: skip
+        """Rows of one model, metric and stage; recovered rows of the paper's recipe unless ``recovery``
+        names another (so two recipes never mix in one curve)."""
         import polars as pl
 
+        from taskprune.recover import PAPER_RECIPE
+
         cond = (pl.col("model") == model) & (pl.col("metric") == metric) & (pl.col("stage") == stage)
+        if stage == "recovered":
+            cond &= pl.col("recovery") == (recovery or PAPER_RECIPE)
         if task is not None:
             cond &= pl.col("task") == task
         if method is not None:
@@ -270,6 +279,17 @@ class Results:
 
     def methods(self, model: str, metric: str = HEADLINE_METRIC, stage: str = "pruned") -> list[str]:
         return method_order(self.rows(model, metric, stage=stage)["method"].unique().to_list())
+
+    def recipes(self, model: str, method: str) -> list[str]:
+        """Recovery recipes with recovered rows of ``model`` and ``method`` (registry order)."""
+        import polars as pl
+
+        from taskprune.recover import RECIPES
+
+        m = self.metrics.filter((pl.col("model") == model) & (pl.col("method") == method)
+                                & (pl.col("stage") == "recovered"))  # fmt: skip
+        found = set(m["recovery"].drop_nulls().unique().to_list())
+        return [r for r in RECIPES if r in found] + sorted(found - set(RECIPES))
 
     def distractors(self, model: str) -> list[str]:
         import polars as pl
@@ -452,6 +472,72 @@ def fig_recovery(res: Results) -> Figure:
     _finish(fig, "Recovery: accuracy before (pruned) and after LoRA fine-tuning (recovered)",
             (res.verdict("recovery") or "") + " Error bars: 95% CI over items (seed range for several seeds).")
     _legend_below(fig, axes.ravel().tolist(), ncol=3)
+    return fig
+
+
+#: line style per recovery recipe in :func:`fig_recovery_recipes` (a recipe not listed gets the last one)
+RECIPE_STYLES: dict[str, dict[str, Any]] = {
+    "lora": {"color": "#1f4e9c", "linestyle": "-", "marker": "o"},
+    "lora-kd": {"color": "#16a085", "linestyle": "-", "marker": "D"},
+    "other": {"color": "#8e44ad", "linestyle": "-", "marker": "^"},
+}
+PRUNED_REFERENCE_STYLE: dict[str, Any] = {"color": "0.55", "linestyle": "--", "marker": "x"}
+
+
+def _recipe_method(res: Results, model: str) -> str | None:
+    """The pruning method whose recovered variants the recipe figure shows: the one recovered with the most
+    recipes (selective by default), ties broken by method order."""
+    methods = res.methods(model, stage="pruned")
+    counts = {m: len(res.recipes(model, m)) for m in methods}
+    best = max(counts.values(), default=0)
+    return next((m for m in methods if counts[m] == best), None) if best else None
+
+
+def fig_recovery_recipes(res: Results) -> Figure:
+    """Recovered target accuracy and distractor retention vs level, one line per recovery recipe (lora,
+    lora-kd, ...), with the pruned variant and the base model as references; one row per specialist."""
+    import pandas as pd
+
+    retention = next(iter(RETENTION_METRICS))
+    distractors = {m: res.distractors(m) for m in res.models}
+    ncols = 1 + max([len(d) for d in distractors.values()] + [0])
+    fig, axes = _subplots(len(res.models), ncols, (3.8 * ncols + 0.6, 3.1 * len(res.models) + 1.8))
+    for i, model in enumerate(res.models):
+        method = _recipe_method(res, model)
+        if method is None:
+            for j in range(ncols):
+                _empty(axes[i][j], f"{model}: no recovered variants evaluated" if j == 0 else "")
+            continue
+        recipes = res.recipes(model, method)
+        panels = [(res.task_label(model), "accuracy", None)] + [(d, retention, d) for d in distractors[model]]
+        for j in range(ncols):
+            ax = axes[i][j]
+            if j >= len(panels):
+                _empty(ax, "")
+                continue
+            task, metric, distractor = panels[j]
+            recovered = {r: curve(res.rows(model, metric, task=distractor, method=method, stage="recovered",
+                                           recovery=r)) for r in recipes}  # fmt: skip
+            levels = sorted({x for c in recovered.values() for x in c["level_pct"]})
+            pruned = curve(res.rows(model, metric, task=distractor, method=method))
+            pruned = pruned[pruned["level_pct"].isin(levels)] if levels else pd.DataFrame(columns=pruned.columns)
+            plot_curve(ax, pruned, method, label=f"{method_label(method)}: pruned", band="none",
+                       stage_style=PRUNED_REFERENCE_STYLE)  # fmt: skip
+            for k, (recipe, c) in enumerate(recovered.items()):
+                style = RECIPE_STYLES.get(recipe, RECIPE_STYLES["other"])
+                offset = (k - (len(recovered) - 1) / 2) * 0.25
+                plot_curve(ax, c, method, label=f"recovered: {recipe}", band="errorbar", stage_style=style,
+                           x_offset=offset)  # fmt: skip
+            plot_base(ax, res.base(model, metric, task=distractor))
+            what = "accuracy" if distractor is None else f"retention ({RETENTION_METRICS[retention]})"
+            ax.set_title(f"{model} — {task} {what}", fontsize=10)
+            ax.set_xlabel(LEVEL_AXIS, fontsize=9)
+            ax.set_ylabel(f"{task} {what} (%)", fontsize=9)
+            ax.set_ylim(bottom=0)
+            _level_ticks(ax, res.level_ticks(model))
+    _finish(fig, "Recovery recipes at a matched budget: LoRA on labels vs LoRA distilled from the unpruned model",
+            "error bars: 95% CI over items; grey dashed: the pruned model before recovery; dotted: base")
+    _legend_below(fig, axes.ravel().tolist(), ncol=4)
     return fig
 
 
@@ -853,6 +939,7 @@ FIGURE_FUNCTIONS: dict[str, Callable[[Results], Figure]] = {
     "accuracy_vs_level": fig_accuracy_vs_level,
     "reverse_collapse": fig_reverse_collapse,
     "recovery": fig_recovery,
+    "recovery_recipes": fig_recovery_recipes,
     "distractor_retention": fig_distractor_retention,
     "trap_rate": fig_trap_rate,
     "efficiency": fig_efficiency,
@@ -875,16 +962,16 @@ def summary_table(res: Results) -> pd.DataFrame:
     from taskprune.findings import estimate
 
     m = res.metrics
-    keys = ["model", "method", "stage", "level", "level_pct"]
+    keys = ["model", "method", "stage", "recovery", "level", "level_pct"]
     stage_rank = {"base": 0, "pruned": 1, "recovered": 2}
     methods = method_order(m["method"].unique().to_list())
     groups = sorted(m.select(keys).unique().to_dicts(), key=lambda g: (
-        g["model"], stage_rank.get(g["stage"], 3), methods.index(g["method"]) if g["method"] in methods else -1,
-        g["level_pct"]))  # fmt: skip
+        g["model"], stage_rank.get(g["stage"], 3), g["recovery"] or "",
+        methods.index(g["method"]) if g["method"] in methods else -1, g["level_pct"]))  # fmt: skip
     eff = res.efficiency
     rows = []
     for g in groups:
-        sel = m.filter(pl.all_horizontal([pl.col(k) == g[k] for k in keys]))
+        sel = m.filter(pl.all_horizontal([pl.col(k).eq_missing(g[k]) for k in keys]))
         target = res.target_task.get(g["model"])
         row: dict[str, Any] = {**g, "task": target}
         acc = sel.filter((pl.col("metric") == HEADLINE_METRIC) & (pl.col("task") == target)).to_dicts()

@@ -51,6 +51,7 @@ import polars as pl
 from taskprune.errors import DataError
 from taskprune.io import read_parquet, write_json, write_text
 from taskprune.metric_names import HEADLINE_METRIC
+from taskprune.recover import PAPER_RECIPE
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class Rules:
     collapse_target_level: float = 10.0  # "~10% of the most selective neurons"
     collapse_level_window: tuple[float, float] = (5.0, 15.0)  # the level nearest 10% inside this range
     collapse_fraction: float = 0.5  # collapsed: below this fraction of the base accuracy, beyond noise
-    recovery_recipe: str = "lora"  # the paper's recipe decides the recovery claim; others are listed
+    recovery_recipe: str = PAPER_RECIPE  # the paper's recipe decides the recovery claim; others are listed
     recovery_min_lost_variants: int = 2  # fewer recovered variants that lost accuracy: inconclusive
     recovery_share: float = 0.5  # reproduced: >= ceil(share * tested) recover, none gets worse
     trend_min_levels: int = 3  # a rank correlation over fewer levels is not reported

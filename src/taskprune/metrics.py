@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from taskprune.errors import DataError
+from taskprune.recover import PAPER_RECIPE
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ ITEMS_COLUMNS: dict[str, str] = {
 ITEMS_KEY: tuple[str, ...] = ("model", "method", "level", "seed", "stage", "recovery", "task", "id")
 ROLES = ("target", "distractor")
 #: Recipe of a recovered variant whose evaluation does not name one (before recipes were configurable).
-DEFAULT_RECOVERY = "lora"
+DEFAULT_RECOVERY = PAPER_RECIPE
 
 
 def metrics_schema() -> Any:
@@ -116,7 +117,7 @@ def validate_metrics(df: Any, source: str) -> Any:
     return df
 
 
-def _with_recovery(df: Any) -> Any:
+def with_recovery(df: Any) -> Any:
     """Add the ``recovery`` column: the file's own value, else the default recipe for recovered rows."""
     import polars as pl
 
@@ -187,7 +188,7 @@ def collect(paths: Sequence[str | Path], targets: dict[str, str] | None = None) 
         raw = read_parquet(path, METRICS_COLUMNS, what="variant metrics")
         if raw.height == 0:
             raise DataError(f"{path}: variant metrics table has no rows (rerun its evaluation)")
-        variant_metrics = validate_metrics(raw, str(path)).with_columns(_with_recovery(raw)["recovery"])
+        variant_metrics = validate_metrics(raw, str(path)).with_columns(with_recovery(raw)["recovery"])
         ident = variant_metrics.row(0, named=True)
         tasks = list(dict.fromkeys(variant_metrics["task"].to_list()))
         kinds = dict(zip(variant_metrics["task"].to_list(), variant_metrics["task_kind"].to_list(), strict=True))

@@ -377,6 +377,10 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+#: The paper's recipe: what its recovery claim (and every figure that does not split by recipe) reads.
+PAPER_RECIPE = "lora"
+
+
 def get_recipe(name: str) -> Recipe:
     from taskprune.errors import ConfigError
 
