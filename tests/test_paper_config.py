@@ -30,7 +30,8 @@ PAPER_MODELS = {
 }
 N_LEVELS, N_RANDOM_SEEDS = 7, 2
 N_PRUNED_PER_MODEL = N_LEVELS * (1 + 1 + N_RANDOM_SEEDS)  # selective, reverse, random x seeds 33/42
-N_RECOVERED_PER_MODEL = N_LEVELS  # selective at every level
+RECIPES = ("lora", "lora-kd")  # recovery.methods: the paper's LoRA and distillation from the unpruned model
+N_RECOVERED_PER_MODEL = N_LEVELS * len(RECIPES)  # selective at every level, with each recipe
 MODEL_RULES = ("train", "stats", "recover", "bench", "bench_stats", "bench_generation")
 
 
@@ -132,7 +133,7 @@ def test_paper_dry_run_prints_the_full_plan_offline(paper_workdir, tmp_path, pro
 
     n_models = len(PAPER_MODELS)
     assert counts.get("prune") == n_models * N_PRUNED_PER_MODEL == 112
-    assert counts.get("recover") == n_models * N_RECOVERED_PER_MODEL == 28
+    assert counts.get("recover") == n_models * N_RECOVERED_PER_MODEL == 56
     assert counts.get("stats") == n_models * 3  # target + conversation + qna per model
     assert counts.get("scores") == n_models  # selectivity only
     assert counts.get("data") == 4
@@ -186,6 +187,7 @@ def test_paper_config_matches_the_paper():
     assert (math_hp.learning_rate, math_hp.epochs, math_hp.max_steps) == (2e-5, 3, None)
     assert (code_hp.learning_rate, code_hp.epochs, code_hp.max_samples, code_hp.max_steps) == (2e-4, 2, 7000, None)
     assert rec.default.max_steps is None  # the embedded default's 60-step cap must not leak in
+    assert tuple(rec.methods) == RECIPES and rec.distillation.teacher_dtype == "bfloat16"
     tasks = cfg.tasks
     assert (tasks["math"].eval.source, tasks["math"].eval.path, tasks["math"].eval.subset) == ("hub", "openai/gsm8k", "main")
     assert tasks["code"].train.path == "m-a-p/CodeFeedback-Filtered-Instruction"
