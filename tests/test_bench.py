@@ -310,7 +310,7 @@ def test_bench_measure_writes_well_formed_rows(tmp_path, monkeypatch):
             "--label-checkpoint",
             str(twin),
             "--label-variant",
-            "m/selective/35/0/recovered",
+            "m/selective/35/0/recovered-lora",
             "--label-checkpoint",
             str(twin),
         )
@@ -350,7 +350,7 @@ def test_bench_measure_writes_well_formed_rows(tmp_path, monkeypatch):
     # labelled variants reuse the measurement, say so, and carry their own identity
     random_row, recovered_row = (
         rows[("m/random/35/7", "decode")],
-        rows[("m/selective/35/0/recovered", "decode")],
+        rows[("m/selective/35/0/recovered-lora", "decode")],
     )
     assert random_row["tokens_per_s"] == measured["tokens_per_s"]
     assert random_row["measured_variant"] == recovered_row["measured_variant"] == "m/selective/35/0"
@@ -507,5 +507,5 @@ def test_bench_plan_covers_every_variant_once(allocation):
         assert plan["m/base"] == ["m/base", "twin/base"]
         assert {m.split("/")[0] for m in plan["m/selective/10/0"]} == {"m", "twin"}
     else:
-        assert plan["m/selective/10/0"] == ["m/selective/10/0", "m/selective/10/0/recovered"]
+        assert plan["m/selective/10/0"] == ["m/selective/10/0", "m/selective/10/0/recovered-lora"]
         assert plan["m/base"] == ["m/base", "twin/base"]

@@ -121,7 +121,7 @@ def test_seeds_are_recorded_where_the_stages_use_them(smoke_run: Path) -> None:
         assert _json(results / "pruning" / record.parent.relative_to(results / "pruned").with_suffix(".json"))[
             "seed"
         ] == int(record.parent.name)
-    recovered = sorted((results / "recovered").glob("*/*/*/*/recovery.json"))
+    recovered = sorted((results / "recovered").glob("*/*/*/*/*/recovery.json"))  # .../{seed}/{recipe}/
     assert recovered, "no recovered checkpoints"
     for record in recovered:
         assert _json(record)["seed"] == cfg.recovery.seed

@@ -20,7 +20,8 @@ def test_smoke_outputs_exist(smoke_run):
         assert (wd / f"results/models/{model}/training.json").is_file()
         assert (wd / f"results/scores/{model}/selectivity.parquet").is_file()
         assert (wd / f"results/pruned/{model}/selective/35.71/0/manifest.parquet").is_file()
-        assert (wd / f"results/recovered/{model}/selective/35.71/0/config.json").is_file()
+        for recipe in ("lora", "lora-kd"):
+            assert (wd / f"results/recovered/{model}/selective/35.71/0/{recipe}/config.json").is_file()
     for f in ("metrics.parquet", "bench/efficiency.parquet", "findings.json", "findings.md",
               "bench/stats_collection.parquet", "bench/generation.parquet", "tables/summary.csv"):
         assert (wd / "results" / f).is_file(), f
@@ -31,6 +32,10 @@ def test_smoke_metrics_cover_the_grid(smoke_run):
     m = pl.read_parquet(smoke_run / "results/metrics.parquet")
     stages = set(m["stage"].unique())
     assert stages == {"base", "pruned", "recovered"}
+    selective = m.filter((pl.col("stage") == "recovered") & (pl.col("method") == "selective"))
+    levels = {(r,): sorted(set(g["level"].to_list())) for (r,), g in selective.group_by("recovery")}
+    assert levels == {("lora",): ["10", "35.71"], ("lora-kd",): ["35.71"]}  # lora-kd: the default's 3 levels
+    assert m.filter(pl.col("stage") != "recovered")["recovery"].is_null().all()
     assert set(m["method"].unique()) >= {"base", "selective", "reverse", "random"}
     acc = m.filter(pl.col("metric") == HEADLINE_METRIC)
     assert acc.height > 0 and acc["value"].is_between(0, 1).all()

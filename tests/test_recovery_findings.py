@@ -143,3 +143,27 @@ def test_a_table_without_the_recovery_column_is_refused():
     rows = _table("m", dict.fromkeys(LEVELS, 50), dict.fromkeys(LEVELS, 60), dict.fromkeys(LEVELS, 80))
     with pytest.raises(DataError, match="missing column.*recovery"):
         recovery_recipe_findings(pl.DataFrame(rows, infer_schema_length=None).drop("recovery"))
+
+
+def test_the_papers_recovery_claim_reads_the_lora_recipe_only():
+    """lora-kd rows next to lora rows must not be averaged into the paper's recovered estimate."""
+    from taskprune import findings as F
+
+    def acc(level, value, stage, recovery=None):
+        method = "base" if stage == "base" else "selective"
+        return {"model": "m", "method": method, "direction": method, "score": "selectivity", "level": f"{level:g}",
+                "level_pct": float(level), "seed": 0, "stage": stage, "recovery": recovery, "task": "math",
+                "task_kind": "math", "metric": "accuracy", "value": value, "n": 400, "ci_low": value - 0.04,
+                "ci_high": value + 0.04}  # fmt: skip
+
+    rows = [acc(0, 0.8, "base")] + [acc(lv, 0.3, "pruned") for lv in LEVELS]
+    rows += [acc(lv, 0.7, "recovered", "lora") for lv in LEVELS]
+    lora_only = F.compute_findings(pl.DataFrame(rows, infer_schema_length=None), None)
+    rows += [acc(lv, 0.1, "recovered", "lora-kd") for lv in LEVELS]  # would pull a mixed mean to 0.4
+    both = F.compute_findings(pl.DataFrame(rows, infer_schema_length=None), None)
+
+    def recovered_values(result):
+        claim = next(c for c in result["claims"] if c["id"] == "recovery")
+        return [x["recovered"]["value"] for x in claim["per_model"]["m"]["variants"]]
+
+    assert recovered_values(both) == recovered_values(lora_only) == pytest.approx([0.7] * 3)

@@ -91,11 +91,12 @@ def by_rule(jobs: list[PlannedJob]) -> dict[str, list[PlannedJob]]:
 
 
 def variant_of(job: PlannedJob) -> tuple[str, ...]:
-    """(model, method, level, seed[, 'recovered']) of a per-variant job, from its wildcards."""
+    """(model, method, level, seed[, 'recovered-{recipe}']) of a per-variant job, from its wildcards."""
     w = job.wildcards
     if "variant" in w:
         return tuple(w["variant"].split("/"))
-    return (w["model"], w["method"], w["level"], w["seed"])
+    recovered = (f"recovered-{w['recipe']}",) if "recipe" in w else ()
+    return (w["model"], w["method"], w["level"], w["seed"], *recovered)
 
 
 def test_second_run_has_nothing_to_do(finished_run):
@@ -106,10 +107,12 @@ def test_new_level_schedules_only_that_level(finished_run, tmp_path):
     jobs = by_rule(plan(finished_run, {"pruning": {"levels": [10, 35.71, 20]}}, tmp_path))
     new = {(m, method, "20", seed) for m in MODELS for method, seed in PRUNE_METHODS.items()}
     assert {variant_of(j) for j in jobs.pop("prune")} == new
-    # recovery: selective at every level (random only at the highest, still 35.71)
-    assert {variant_of(j) for j in jobs.pop("recover")} == {(m, "selective", "20", "0") for m in MODELS}
+    # recovery: selective at every level with lora, and with lora-kd at 20 (one of the embedded default's
+    # three lora-kd levels); random only at the highest, still 35.71
+    recovered = {(m, "selective", "20", "0", f"recovered-{r}") for m in MODELS for r in ("lora", "lora-kd")}
+    assert {variant_of(j) for j in jobs.pop("recover")} == recovered
     evaluated = {variant_of(j) for j in jobs.pop("evaluate")}
-    assert evaluated == new | {(m, "selective", "20", "0", "recovered") for m in MODELS}
+    assert evaluated == new | recovered
     # one efficiency benchmark per new set of shapes: the two specialists share one architecture, so a
     # single checkpoint at level 20 is measured and labels every level-20 variant of both
     benched = [variant_of(j) for j in jobs.pop("bench")]
@@ -155,11 +158,11 @@ def test_pruning_code_change_reruns_pruning_and_downstream_not_stats(finished_ru
     all_pruned = {(m, method, level, seed) for m in MODELS for method, seed in PRUNE_METHODS.items() for level in LEVELS}
     assert {variant_of(j) for j in jobs.pop("prune")} == all_pruned
     recovered = {variant_of(j) for j in jobs.pop("recover")}
-    assert recovered == {(m, "selective", lv, "0") for m in MODELS for lv in LEVELS} | {
-        (m, "random", "35.71", "33") for m in MODELS
-    }
+    assert recovered == {(m, "selective", lv, "0", "recovered-lora") for m in MODELS for lv in LEVELS} | {
+        (m, "random", "35.71", "33", "recovered-lora") for m in MODELS
+    } | {(m, "selective", "35.71", "0", "recovered-lora-kd") for m in MODELS}  # lora-kd's smoke level
     evaluated = {variant_of(j) for j in jobs.pop("evaluate")}
-    assert evaluated == all_pruned | {(*v, "recovered") for v in recovered}  # not the base models
+    assert evaluated == all_pruned | recovered  # not the base models
     assert all(variant_of(j)[1] != "base" for j in jobs.pop("bench", []))
     # the harness stage imports prune (load_pruned), so all its jobs rerun, the base model's included
     assert {variant_of(j) for j in jobs.pop("harness")} == {("tiny-math", "base"), ("tiny-math", "selective", "35.71", "0")}
