@@ -441,6 +441,9 @@ def test_recovered_variants_carry_their_recipe():
             parse_variant(bad)
     with pytest.raises(ValueError):
         Variant("m", "selective", "10", 0, "recovered")
+    from taskprune.evaluate import variant_columns  # the metrics rows of a variant carry its recipe
+
+    assert variant_columns(v)["recovery"] == "lora-kd" and variant_columns(v.pruned)["recovery"] is None
 
 
 # ------------------------------------------------------------------------------------------- CLI
