@@ -509,6 +509,8 @@ def fig_recovery_recipes(res: Results) -> Figure:
                 _empty(axes[i][j], f"{model}: no recovered variants evaluated" if j == 0 else "")
             continue
         recipes = res.recipes(model, method)
+        ticks = res.level_ticks(model)
+        spacing = min((b - a for (a, _), (b, _) in zip(ticks, ticks[1:], strict=False)), default=10.0)
         panels = [(res.task_label(model), "accuracy", None)] + [(d, retention, d) for d in distractors[model]]
         for j in range(ncols):
             ax = axes[i][j]
@@ -525,7 +527,7 @@ def fig_recovery_recipes(res: Results) -> Figure:
                        stage_style=PRUNED_REFERENCE_STYLE)  # fmt: skip
             for k, (recipe, c) in enumerate(recovered.items()):
                 style = RECIPE_STYLES.get(recipe, RECIPE_STYLES["other"])
-                offset = (k - (len(recovered) - 1) / 2) * 0.25
+                offset = (k - (len(recovered) - 1) / 2) * 0.08 * spacing  # recipes side by side at a level
                 plot_curve(ax, c, method, label=f"recovered: {recipe}", band="errorbar", stage_style=style,
                            x_offset=offset)  # fmt: skip
             plot_base(ax, res.base(model, metric, task=distractor))
