@@ -888,6 +888,8 @@ def compute_findings(items: pl.DataFrame, efficiency: pl.DataFrame | None = None
 
 
 def _compute_findings(items: pl.DataFrame, efficiency: pl.DataFrame | None) -> dict[str, Any]:
+    from taskprune.recovery_findings import recovery_recipe_findings  # lazy: it imports this module
+
     acc = Items(items.filter(pl.col("role") == "target"))
     claims = [
         claim_selective_beats_random(acc),
@@ -905,6 +907,7 @@ def _compute_findings(items: pl.DataFrame, efficiency: pl.DataFrame | None) -> d
         "claims": claims,
         "ranking": rank_methods(acc),
         "trends": describe_trends(items),
+        "recovery_recipes": recovery_recipe_findings(items),
     })  # fmt: skip
 
 
@@ -1047,6 +1050,10 @@ def report_blocks(findings: dict[str, Any]) -> list[tuple[str, Any]]:
                      str(r["levels"]), ", ".join(r["beats"]) or "-", ", ".join(r["beaten_by"]) or "-"]
                     for r in entry["ranking"]]  # fmt: skip
             blocks.append(("table", (head, body)))
+    if findings.get("recovery_recipes"):
+        from taskprune.recovery_findings import report_blocks as recipe_blocks
+
+        blocks += recipe_blocks(findings["recovery_recipes"])
     tr = findings["trends"]
     blocks.append(("h2", "How distractor retention and trap rate move with the level (descriptive)"))
     blocks.append(("p", f"Rule: {tr['rule']}."))
