@@ -27,7 +27,7 @@ from taskprune.evaluate import (
     wilson_interval,
 )
 from taskprune.metric_names import FINAL_ANSWER_NUMERIC_MATCH, HEADLINE_METRIC
-from taskprune.metrics import METRICS_COLUMNS
+from taskprune.metrics import GATHERED_COLUMNS, METRICS_COLUMNS
 from taskprune.sandbox import run_programs
 
 # ------------------------------------------------------------------------------------------- code
@@ -255,7 +255,8 @@ def test_evaluate_cli_end_to_end(workspace, capsys):
     metrics = {v: pl.read_parquet(root / "eval" / v / "metrics.parquet")
                for v in ("tiny/base", "tiny/selective/10/0", "tiny/random/10/33")}
     for table in metrics.values():
-        assert list(table.columns) == list(METRICS_COLUMNS)
+        # the contract's columns, then the recipe of a recovered variant (null here: none is recovered)
+        assert list(table.columns) == [*METRICS_COLUMNS, "recovery"] and table["recovery"].is_null().all()
 
     def value(v, task, metric):
         t = metrics[v].filter((pl.col("task") == task) & (pl.col("metric") == metric))
@@ -291,7 +292,7 @@ def test_evaluate_cli_end_to_end(workspace, capsys):
     assert main(["metrics", "--inputs", *inputs, "--out", str(out)]) == 0
     merged = pl.read_parquet(out)
     assert merged.height == sum(t.height for t in metrics.values())
-    assert list(merged.columns) == list(METRICS_COLUMNS)
+    assert list(merged.columns) == [*METRICS_COLUMNS, *GATHERED_COLUMNS]
     # a duplicated input is refused with one line
     assert main(["metrics", "--inputs", inputs[0], inputs[0], "--out", str(root / "dup.parquet")]) == 2
     assert "duplicated metrics row" in capsys.readouterr().err
