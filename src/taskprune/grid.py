@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from taskprune.config import Config, RecoverySelection, format_level, parse_method
+from taskprune.recover import PAPER_RECIPE
 
 BASE = "base"
 #: last path component of a recovered variant: ``recovered-{recipe}``
@@ -119,8 +120,8 @@ def harness_variants(cfg: Config) -> list[Variant]:
     models = set(h.models) if h.models is not None else set(cfg.models)
     out: list[Variant] = []
     for v in base_variants(cfg) + pruned_variants(cfg) + recovered_variants(cfg):
-        if v.model not in models:
-            continue
+        if v.model not in models or v.stage == "recovered" and v.recovery != PAPER_RECIPE:
+            continue  # recovered: the paper's recipe only (the harness budget does not grow with recipes)
         for sel in h.variants:
             if v.stage == "base" and sel.method == "base" or (
                 v.stage == sel.stage and _selected(sel, cfg, v)  # type: ignore[arg-type]

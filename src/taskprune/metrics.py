@@ -242,7 +242,7 @@ def add_harness_rows(metrics: Any, paths: Sequence[str | Path]) -> Any:
     frames = [metrics]
     for p in paths:
         raw = read_parquet(p, METRICS_COLUMNS, what="harness metrics")
-        rows = validate_metrics(raw, str(p)).with_columns(_with_recovery(raw)["recovery"])
+        rows = validate_metrics(raw, str(p)).with_columns(with_recovery(raw)["recovery"])
         frames.append(rows.with_columns(role=pl.lit(HARNESS_ROLE)).select(metrics.columns))
     table = pl.concat(frames, how="vertical")
     dup = table.group_by([*METRICS_KEY, "recovery"]).len().filter(pl.col("len") > 1)
