@@ -188,7 +188,7 @@ def test_config_selects_harness_variants():
     cfg = load_config(str(root / "config" / "config.yaml"))
     got = sorted(v.path for v in harness_variants(cfg))
     assert got == sorted(["tiny-math/base", "tiny-math/selective/10/0", "tiny-math/selective/20/0",
-                          "tiny-math/selective/35.71/0", "tiny-math/selective/35.71/0/recovered"])
+                          "tiny-math/selective/35.71/0", "tiny-math/selective/35.71/0/recovered-lora"])  # the paper's recipe only
     paper = load_config(str(root / "config" / "paper.yaml"))
     variants = harness_variants(paper)
     for model in paper.models:
@@ -197,5 +197,6 @@ def test_config_selects_harness_variants():
         assert [v.stage for v in mine].count("base") == 1
         assert sum(v.stage == "pruned" and v.method == "selective" for v in mine) == n_levels
         assert sum(v.stage == "recovered" and v.method == "selective" for v in mine) == n_levels
+        assert {v.recovery for v in mine if v.stage == "recovered"} == {"lora"}  # lora-kd is not harnessed
         assert len(mine) == 1 + 2 * n_levels
     assert set(paper.harness.tasks) == {"gsm8k", "arc_easy", "hellaswag", "mmlu"} and paper.harness.limit
