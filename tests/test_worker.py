@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from taskprune.worker import ENV_SOCKET, start_daemon
+from taskprune.worker import ENV_PYTHON, ENV_SOCKET, start_daemon
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKPRUNE = str(Path(sys.executable).parent / "taskprune")
@@ -32,6 +32,7 @@ def _run(args, sock=None):
     env.pop(ENV_SOCKET, None)
     if sock:
         env[ENV_SOCKET] = sock
+        env[ENV_PYTHON] = sys.executable  # the console script's interpreter: the venv's, as the server's
     return subprocess.run([TASKPRUNE, *args], capture_output=True, text=True, env=env, cwd=ROOT)
 
 
@@ -53,3 +54,28 @@ def test_error_status_and_single_line_through_worker(worker, tmp_path):
 def test_fallback_without_server(tmp_path):
     out = _run(["config", "config/config.yaml"], str(tmp_path / "absent.sock"))
     assert out.returncode == 0 and "config OK" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "env, usable",
+    [
+        ({}, True),
+        ({"SLURM_JOB_ID": "17"}, False),  # a cluster job never hands its work to a local server
+        ({"APPTAINER_CONTAINER": "/x.sif"}, False),
+        ({ENV_PYTHON: "/opt/conda/envs/x/bin/python"}, False),  # --sdm conda: the job's own interpreter
+    ],
+)
+def test_worker_refuses_jobs_from_another_environment(monkeypatch, tmp_path, env, usable):
+    from taskprune import worker as w
+
+    sock = tmp_path / "s.sock"
+    sock.touch()
+    monkeypatch.setenv(ENV_SOCKET, str(sock))
+    monkeypatch.setenv(ENV_PYTHON, sys.executable)
+    for name in w.FOREIGN_JOB_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert w.same_environment() is usable
+    if not usable:  # falls back to running in-process, before touching the socket
+        assert w.try_run_via_worker(["config", "config/config.yaml"]) is None

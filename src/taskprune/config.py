@@ -596,9 +596,10 @@ def add_config_arguments(parser: Any) -> None:
     group = parser.add_argument_group("configuration")
     group.add_argument(
         "--options",
-        metavar="JSON",
-        help="JSON object of the config sections this stage uses, e.g. '{\"stats\": {\"token_budget\": 4096}}' "
-        "(what the Snakemake rules pass); unspecified keys take their defaults",
+        metavar="JSON|@FILE",
+        help="JSON object of the config sections this stage uses, e.g. '{\"stats\": {\"token_budget\": 4096}}', "
+        "or @FILE holding one (the Snakemake rules pass results/options/<sections>-<hash>.json); unspecified "
+        "keys take their defaults",
     )
     group.add_argument(
         "--config",
@@ -630,20 +631,26 @@ def stage_options(args: Any, sections: dict[str, type[BaseModel] | Any], model: 
         source = ", ".join(args.config)
     else:
         text = getattr(args, "options", None) or "{}"
+        source = "--options"
+        if text.startswith("@"):  # an options file (what the Snakemake rules pass): --options @FILE
+            source = f"--options {text}"
+            try:
+                text = Path(text[1:]).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(f"{source}: cannot read the options file ({exc.strerror})") from None
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"--options: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            raise ConfigError(f"{source}: not valid JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(raw, dict):
-            raise ConfigError("--options: expected a JSON object of config sections")
+            raise ConfigError(f"{source}: expected a JSON object of config sections")
         unknown = [k for k in raw if k not in sections]
         if unknown:
             guess = difflib.get_close_matches(unknown[0], list(sections), n=1)
             hint = f"; did you mean '{guess[0]}'?" if guess else ""
             raise ConfigError(
-                f"--options: unknown section '{unknown[0]}'{hint} (this stage uses: {', '.join(sections)})"
+                f"{source}: unknown section '{unknown[0]}'{hint} (this stage uses: {', '.join(sections)})"
             )
-        source = "--options"
     for name, spec in sections.items():
         if isinstance(spec, type) and issubclass(spec, BaseModel):
             if name not in raw and spec in (ModelConfig, TaskConfig):

@@ -444,7 +444,8 @@ def write_pruned_weights(layout: CheckpointLayout, plan: PruningPlan, out_dir: P
     """
     import numpy as np
     from safetensors import safe_open
-    from tqdm import tqdm
+
+    from taskprune.progress import progress_bar
 
     framework = framework or _framework(layout)
     if framework == "numpy":
@@ -456,7 +457,7 @@ def write_pruned_weights(layout: CheckpointLayout, plan: PruningPlan, out_dir: P
         for w, rem in zip(plan.widths_before, plan.removed, strict=True)
     ]
     counts = {"parameters": 0, "mlp_parameters": 0, "bytes": 0}
-    for shard in tqdm(layout.shards, desc="pruning shards", unit="shard", disable=len(layout.shards) < 2):
+    for shard in progress_bar(layout.shards, desc="pruning shards", unit="shard", enabled=len(layout.shards) > 1):
         tensors: dict[str, Any] = {}
         with safe_open(layout.root / shard, framework=framework) as fh:
             metadata = fh.metadata() or {"format": "pt"}

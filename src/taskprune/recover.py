@@ -317,8 +317,9 @@ def train_lora(
     initialisation (see :func:`add_lora`) draw from seeded generators only.
     """
     import torch
-    from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
+
+    from taskprune.progress import progress_bar
 
     if not examples:
         raise DataError("recovery: no training example left after tokenization (are prompts longer than seq_len?)")
@@ -340,7 +341,7 @@ def train_lora(
     peft_model.train()
     record = TrainingLog()
     start, cpu_start = time.perf_counter(), time.process_time()
-    bar = tqdm(batches, desc="recover", unit="step", disable=not progress, mininterval=2.0)
+    bar = progress_bar(batches, desc="recover", unit="step", enabled=progress, mininterval=2.0)
     for step, indices in enumerate(bar):
         batch_examples = [examples[i] for i in indices]
         # every completion token is a label (n_prompt >= 1, so none is lost to the shift inside the loss)

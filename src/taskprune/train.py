@@ -230,7 +230,8 @@ def learning_rate(step: int, cfg: TrainingConfig) -> float:
 def train_loop(model: Any, batches: PackedBatches, cfg: TrainingConfig, device: Any, progress: bool = True) -> list[dict[str, Any]]:
     """AdamW on the weighted next-token loss; returns one record per step (loss, lr, tokens, seconds)."""
     import torch
-    from tqdm.auto import tqdm
+
+    from taskprune.progress import progress_bar
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -241,7 +242,7 @@ def train_loop(model: Any, batches: PackedBatches, cfg: TrainingConfig, device: 
     model.train()
     records: list[dict[str, Any]] = []
     start = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc="train", unit="step", disable=not progress, mininterval=5)
+    bar = progress_bar(range(cfg.steps), desc="train", unit="step", enabled=progress, mininterval=5)
     for step in bar:
         batch = {k: v.to(device) for k, v in batches.next_batch().items()}
         lr = learning_rate(step, cfg)

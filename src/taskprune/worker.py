@@ -33,6 +33,12 @@ import time
 from pathlib import Path
 
 ENV_SOCKET = "TASKPRUNE_WORKER_SOCKET"
+# The interpreter the server runs in: a job whose own interpreter differs (a conda env of --sdm conda, a
+# container) must run there, never in the server's.
+ENV_PYTHON = "TASKPRUNE_WORKER_PYTHON"
+# Set in jobs of cluster schedulers and containers: such a job never uses a local server, even if the
+# variables above leaked into its environment.
+FOREIGN_JOB_ENV = ("SLURM_JOB_ID", "APPTAINER_CONTAINER", "SINGULARITY_CONTAINER", "PBS_JOBID", "LSB_JOBID")
 # Stages whose numbers describe a process (time, memory) must run in a fresh process.
 NEVER_FORKED = {"bench", "bench-stats", "bench-generation"}
 PRELOAD = (
@@ -76,6 +82,8 @@ def try_run_via_worker(argv: list[str]) -> int | None:
     path = os.environ.get(ENV_SOCKET)
     if not path or os.environ.get("TASKPRUNE_WORKER") == "0" or not argv or argv[0] in NEVER_FORKED:
         return None
+    if not same_environment():
+        return None
     if not Path(path).exists():
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -95,6 +103,16 @@ def try_run_via_worker(argv: list[str]) -> int | None:
         return None if "rc" not in locals() else 1
     sock.close()
     return rc
+
+
+def same_environment() -> bool:
+    """Whether this process may hand its job to the server: same interpreter, not a cluster/container job."""
+    if any(os.environ.get(name) for name in FOREIGN_JOB_ENV):
+        return False
+    server_python = os.environ.get(ENV_PYTHON)
+    if not server_python:
+        return False
+    return os.path.realpath(server_python) == os.path.realpath(sys.executable)
 
 
 # ------------------------------------------------------------------------------------------ server
@@ -262,6 +280,28 @@ def stop(socket_path: str) -> None:
         Path(socket_path).unlink()
 
 
+def start_for_snakemake(parent_pid: int, log_path: str | None = None) -> bool:
+    """The Snakefile's ``onstart``: start a server for this Snakemake process and export its address."""
+    import tempfile
+
+    socket_path = os.path.join(tempfile.gettempdir(), f"taskprune-worker-{parent_pid}.sock")
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    if not start_daemon(socket_path, parent_pid, log_path=log_path):
+        return False
+    os.environ[ENV_SOCKET] = socket_path
+    os.environ[ENV_PYTHON] = sys.executable
+    return True
+
+
+def stop_for_snakemake() -> None:
+    """The Snakefile's ``onsuccess``/``onerror``: remove the socket (the server then exits with its parent)."""
+    socket_path = os.environ.pop(ENV_SOCKET, None)
+    os.environ.pop(ENV_PYTHON, None)
+    if socket_path:
+        stop(socket_path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m taskprune.worker", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -278,4 +318,14 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["try_run_via_worker", "serve", "start_daemon", "stop", "ENV_SOCKET"]
+__all__ = [
+    "ENV_PYTHON",
+    "ENV_SOCKET",
+    "same_environment",
+    "serve",
+    "start_daemon",
+    "start_for_snakemake",
+    "stop",
+    "stop_for_snakemake",
+    "try_run_via_worker",
+]

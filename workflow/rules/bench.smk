@@ -6,22 +6,6 @@ BENCH = bench_variants()
 EFFICIENCY_KEYS = {"batch_sizes", "prompt_tokens", "new_tokens", "warmup", "repeats", "static_cache", "compile", "threads"}
 
 
-def bench_checkpoint(wildcards):
-    v = grid.parse_variant(wildcards.variant)
-    return model_path(v.model) if v.stage == "base" else v.checkpoint
-
-
-def bench_input(wildcards):
-    v = grid.parse_variant(wildcards.variant)
-    if v.stage == "base":
-        return [f"results/models/{v.model}"] if model_cfg(v.model).source == "train" else []
-    return [v.checkpoint]
-
-
-def base_model_input(model):
-    return [f"results/models/{model}"] if model_cfg(model).source == "train" else []
-
-
 rule bench:
     input:
         bench_input,
@@ -31,10 +15,12 @@ rule bench:
         model_path=bench_checkpoint,
         labels=lambda w: " ".join(f"--label-variant {p}" for p in bench_labels(w.variant)),
         opts=lambda w: options(bench=CFG.bench.model_dump(mode="json", include=EFFICIENCY_KEYS), device=CFG.device),
-        src=source_hash("bench", "flops", "arch", "modeling"),
+        src=source_hash("bench"),
     wildcard_constraints:
-        variant="[^/]+/" + VARIANT_RE,
+        variant=f"[^/]+/{VARIANT_RE}",
     threads: workflow.cores
+    conda:
+        ENV_TORCH
     log:
         "logs/bench/{variant}.log",
     resources:
@@ -42,7 +28,7 @@ rule bench:
         mem_mb=8000,
         runtime=30,
     shell:
-        TORCH_ENV + " taskprune bench measure --checkpoint {params.model_path:q} --variant {wildcards.variant} "
+        "taskprune bench measure --checkpoint {params.model_path:q} --variant {wildcards.variant} "
         "{params.labels} --output {output} --options {params.opts:q} > {log} 2>&1"
 
 
@@ -52,7 +38,9 @@ rule bench_gather:
     output:
         "results/bench/efficiency.parquet",
     params:
-        src=source_hash("bench", "flops"),
+        src=source_hash("bench"),
+    conda:
+        ENV_TORCH
     log:
         "logs/bench/gather.log",
     shell:
@@ -69,12 +57,14 @@ rule bench_stats:
     output:
         "results/bench/stats_collection.parquet",
     params:
-        model_path=model_path(_BENCH_MODEL),
+        model_path=lambda w, input: input.model[0] if input.model else model_path(_BENCH_MODEL),
         opts=options(stats=CFG.stats, device=CFG.device),
         b=CFG.bench,
         memory=" ".join(map(str, CFG.bench.stats_memory_prompts)),
-        src=source_hash("bench_stats", "stats", "arch"),
+        src=source_hash("bench_stats"),
     threads: workflow.cores
+    conda:
+        ENV_TORCH
     log:
         "logs/bench/stats_collection.log",
     resources:
@@ -82,7 +72,7 @@ rule bench_stats:
         mem_mb=8000,
         runtime=30,
     shell:
-        TORCH_ENV + " taskprune bench-stats --model-path {params.model_path:q} --data {input.data} "
+        "taskprune bench-stats --model-path {params.model_path:q} --data {input.data} "
         "--throughput-prompts {params.b.stats_prompts} --memory-prompts {params.memory} "
         "--rounds {params.b.stats_rounds} --out {output} --options {params.opts:q} > {log} 2>&1"
 
@@ -94,12 +84,14 @@ rule bench_generation:
     output:
         "results/bench/generation.parquet",
     params:
-        model_path=model_path(_BENCH_MODEL),
+        model_path=lambda w, input: input.model[0] if input.model else model_path(_BENCH_MODEL),
         opts=options(evaluation=CFG.evaluation, device=CFG.device),
         b=CFG.bench,
         batches=" ".join(map(str, CFG.bench.generation_batch_sizes)),
-        src=source_hash("bench_generation", "generate"),
+        src=source_hash("bench_generation"),
     threads: workflow.cores
+    conda:
+        ENV_TORCH
     log:
         "logs/bench/generation.log",
     resources:
@@ -107,6 +99,6 @@ rule bench_generation:
         mem_mb=8000,
         runtime=30,
     shell:
-        TORCH_ENV + " taskprune bench-generation --model-path {params.model_path:q} --data {input.data} "
+        "taskprune bench-generation --model-path {params.model_path:q} --data {input.data} "
         "--n-prompts {params.b.generation_prompts} --batch-sizes {params.batches} "
         "--repeats {params.b.generation_repeats} --out {output} --options {params.opts:q} > {log} 2>&1"

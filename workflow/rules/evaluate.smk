@@ -4,37 +4,6 @@
 VARIANT_RE = r"(base|[a-z]+(-[a-z]+)?/[0-9]+(\.[0-9]+)?/[0-9]+(/recovered)?)"
 
 
-def eval_inputs(wildcards):
-    v = grid.parse_variant(wildcards.variant)
-    m = model_cfg(v.model)
-    inputs = {"data": [f"results/data/{t}/eval.parquet" for t in grid.tasks_for(CFG, v.model)]}
-    if v.stage == "base":
-        if m.source == "train":
-            inputs["model"] = v.checkpoint
-    else:
-        inputs["model"] = v.checkpoint
-        inputs["reference"] = [f"results/eval/{v.model}/base/{d}.parquet" for d in m.distractors]
-    return inputs
-
-
-def eval_model_path(wildcards):
-    v = grid.parse_variant(wildcards.variant)
-    return model_path(v.model) if v.stage == "base" else v.checkpoint
-
-
-def eval_task_args(wildcards):
-    v = grid.parse_variant(wildcards.variant)
-    return " ".join(
-        f"--task {t}={task_kind(t)}:results/data/{t}/eval.parquet" for t in grid.tasks_for(CFG, v.model)
-    )
-
-
-def eval_options(wildcards):
-    v = grid.parse_variant(wildcards.variant)
-    m = model_cfg(v.model)
-    return options(evaluation=CFG.evaluation, device=CFG.device, chat_template=m.chat_template)
-
-
 for _model in CFG.models:
 
     rule:
@@ -48,14 +17,16 @@ for _model in CFG.models:
         params:
             model_path=eval_model_path,
             tasks=eval_task_args,
-            refs=lambda w, input: ("--reference-dir " + str(Path(input.reference[0]).parent))
+            refs=lambda w, input: f"--reference-dir {Path(input.reference[0]).parent}"
             if "reference" in input.keys()
             else "",
             opts=eval_options,
-            src=source_hash("evaluate", "generate", "sandbox", "modeling", "metrics"),
+            src=source_hash("evaluate"),
         wildcard_constraints:
-            variant=re.escape(_model) + "/" + VARIANT_RE,
+            variant=f"{re.escape(_model)}/{VARIANT_RE}",
         threads: 1
+        conda:
+            ENV_TORCH
         log:
             "logs/evaluate/{variant}.log",
         benchmark:
@@ -64,7 +35,7 @@ for _model in CFG.models:
             mem_mb=4000,
             runtime=60,
         shell:
-            TORCH_ENV + " taskprune evaluate --model-path {params.model_path:q} --variant {wildcards.variant} "
+            "taskprune evaluate --model-path {params.model_path:q} --variant {wildcards.variant} "
             "{params.tasks} {params.refs} --out-dir results/eval/{wildcards.variant} "
             "--options {params.opts:q} > {log} 2>&1"
 
@@ -79,8 +50,10 @@ rule metrics:
     params:
         inputs=[f"results/eval/{v.path}/metrics.parquet" for v in ALL_VARIANTS],
         targets=" ".join(f"--target {m}={mc.task}" for m, mc in CFG.models.items()),
-        harness=lambda w, input: ("--harness-inputs " + " ".join(input.harness)) if input.harness else "",
-        src=source_hash("metrics", "evaluate"),
+        harness=lambda w, input: f"--harness-inputs {' '.join(input.harness)}" if input.harness else "",
+        src=source_hash("metrics"),
+    conda:
+        ENV_ANALYSIS
     log:
         "logs/metrics.log",
     shell:

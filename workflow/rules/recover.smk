@@ -1,14 +1,6 @@
 # LoRA recovery of pruned checkpoints on the target task's train split, merged into normal checkpoints.
 
 
-def recover_options(wildcards):
-    m = model_cfg(wildcards.model)
-    # Only the hyper-parameters (not the selection of variants): selecting one more variant must not
-    # rerun the others.
-    return options(recovery=CFG.recovery.model_dump(mode="json", exclude={"variants", "enabled"}),
-                   device=CFG.device)
-
-
 rule recover:
     input:
         model="results/pruned/{model}/{method}/{level}/{seed}",
@@ -20,8 +12,10 @@ rule recover:
         opts=recover_options,
         task=lambda w: model_cfg(w.model).task,
         chat=lambda w: "--chat-template" if model_cfg(w.model).chat_template else "--no-chat-template",
-        src=source_hash("recover", "modeling", "prune"),
+        src=source_hash("recover"),
     threads: 1
+    conda:
+        ENV_TORCH
     log:
         "logs/recover/{model}/{method}/{level}/{seed}.log",
     benchmark:
@@ -30,6 +24,6 @@ rule recover:
         mem_mb=6000,
         runtime=60,
     shell:
-        TORCH_ENV + " taskprune recover --pruned {input.model} --train {input.train} --eval {input.eval} "
+        "taskprune recover --pruned {input.model} --train {input.train} --eval {input.eval} "
         "--task {params.task} {params.chat} --threads {threads} --no-progress --out {output} "
         "--options {params.opts:q} > {log} 2>&1"
