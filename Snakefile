@@ -33,6 +33,15 @@ include: "workflow/rules/overlap.smk"
 include: "workflow/rules/figures.smk"
 
 
+# Small aggregation rules run by Snakemake itself, also with a cluster executor (seconds each: a queue
+# wait would cost more than the job).
+localrules:
+    metrics,
+    bench_gather,
+    findings,
+    figures,
+
+
 onstart:
     # Local runs in the venv: one warm process imports torch/transformers once and forks a child per job
     # (src/taskprune/worker.py); TASKPRUNE_WORKER=0 turns it off. Never on a cluster executor, and never

@@ -173,3 +173,28 @@ def test_pruning_code_change_reruns_pruning_and_downstream_not_stats(finished_ru
 def test_unrelated_change_reruns_nothing(finished_run, path, text):
     with edited(finished_run / path, text):
         assert plan(finished_run) == []
+
+
+# A module -> the rules whose jobs must rerun when it changes: the rules whose stage imports it (read off
+# the stage modules' imports by hand) and the rules downstream of those (the DAG's meaning). Chosen so each
+# case also names rules that must NOT rerun (the model rules for all of them).
+MODULE_RERUNS = {
+    # only `taskprune bench` imports flops; bench and bench_gather run it; efficiency.parquet feeds both tables
+    "flops": {"bench", "bench_gather", "findings", "figures"},
+    # findings is run by the findings rule and imported by the figures stage
+    "findings": {"findings", "figures"},
+    "figures": {"figures"},
+    # its output is a final target only
+    "bench_generation": {"bench_generation"},
+    # the import graph is the workflow's own tool: no stage imports it
+    "import_graph": set(),
+}
+
+
+@pytest.mark.parametrize("module", sorted(MODULE_RERUNS))
+def test_module_change_reruns_exactly_the_rules_whose_stage_imports_it(finished_run, module):
+    with edited(finished_run / f"src/taskprune/{module}.py", f"\n# a change to {module}\n"):
+        jobs = by_rule(plan(finished_run))
+    assert set(jobs) == MODULE_RERUNS[module], f"editing {module}.py reruns {sorted(jobs)}"
+    if "bench" in jobs:  # every measured variant's benchmark, nothing per evaluation
+        assert len(jobs["bench"]) == 3

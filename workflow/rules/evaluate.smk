@@ -1,5 +1,8 @@
 # Evaluation of every variant (base, pruned, recovered) on its target task and distractors.
 # One job per variant evaluates all of that variant's tasks (one process start instead of several).
+# No `benchmark:` file: locally these ~160 jobs run forked from the warm worker (src/taskprune/worker.py,
+# ~6 CPU-s of imports saved per job), outside the process tree Snakemake would measure. Each job's log
+# ends with its own CPU time and peak memory instead (taskprune.cli), forked or not.
 
 VARIANT_RE = r"(base|[a-z]+(-[a-z]+)?/[0-9]+(\.[0-9]+)?/[0-9]+(/recovered)?)"
 
@@ -29,8 +32,6 @@ for _model in CFG.models:
             ENV_TORCH
         log:
             "logs/evaluate/{variant}.log",
-        benchmark:
-            "benchmarks/evaluate/{variant}.tsv"
         resources:
             mem_mb=4000,
             runtime=60,
