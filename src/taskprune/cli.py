@@ -108,6 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         top.parse_args(args_list)  # argparse prints "invalid choice" with the list and exits 2
         return 2
     debug = "--debug" in args_list
+    if not sys.stderr.isatty():  # a log file: no library progress bars either (ours print plain lines)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # also transformers' own bars
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        if "transformers" in sys.modules:  # imported before the variable was set (the warm worker)
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
     try:
         parser, module = _stage_parser(name)
         args = parser.parse_args(args_list[1:])
