@@ -1,9 +1,9 @@
 """A warm fork server, so hundreds of small Snakemake jobs do not each pay for importing torch.
 
-Measured on the smoke models (2 cores, shared): an evaluation job costs 5.8-7.0 CPU-s in a fresh process and
+Measured on the smoke models (2 cores, shared): an evaluation job costs 5.8-7.9 CPU-s in a fresh process and
 0.34-0.48 CPU-s forked from this server (the difference is importing torch/transformers); a pruning job
-0.52-0.74 vs 0.10-0.13 CPU-s. The embedded default has 158 evaluation and 140 pruning jobs: ~16 CPU-minutes,
-~8 minutes of its 2-core wall time, which the server saves. For local runs the
+0.52-0.74 vs 0.10-0.13 CPU-s. The embedded default has 158 evaluation and 140 pruning jobs: ~18 CPU-minutes,
+~9 minutes of its 2-core wall time, which the server saves. For local runs the
 Snakefile starts this server once (``onstart``): it imports the heavy libraries, then forks one child per
 ``taskprune <stage>`` command. A job's ``taskprune`` process is a thin client: it hands the server its
 argv, working directory, environment and its stdin/stdout/stderr file descriptors (so ``> {log} 2>&1``
