@@ -84,7 +84,7 @@ def rule_envs() -> dict[str, tuple[str, Path]]:
         stage = re.search(r"taskprune ([a-z][a-z-]*)", block)
         if stage is None or stage.group(1) not in STAGES:
             continue
-        conda = re.search(r"(?m)^\s*conda:\s*\n\s*(\S+)", block)
+        conda = re.search(r"(?m)^\s*conda:\s*\n(?:\s*#.*\n)*\s*(\S+)", block)
         assert conda, f"{file}: rule {name} runs taskprune {stage.group(1)} but has no conda: directive"
         value = conda.group(1).strip("\"'")
         env = constants.get(value, value)

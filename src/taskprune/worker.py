@@ -49,7 +49,7 @@ ENV_FORKED = "TASKPRUNE_FORKED"  # set in a forked child
 FOREIGN_JOB_ENV = ("SLURM_JOB_ID", "APPTAINER_CONTAINER", "SINGULARITY_CONTAINER", "PBS_JOBID", "LSB_JOBID")
 # Stages whose numbers describe a process must run in a fresh process: the benchmarks, and every stage whose
 # rule has a `benchmark:` file (Snakemake measures the job's own process tree only).
-NEVER_FORKED = {"bench", "bench-stats", "bench-generation", "data", "train", "stats", "recover"}
+NEVER_FORKED = {"bench", "bench-stats", "bench-generation", "data", "train", "stats", "recover", "harness"}
 PRELOAD = (
     "torch",
     "transformers",

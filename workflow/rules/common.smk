@@ -52,7 +52,7 @@ ENV_ANALYSIS = "../../envs/analysis.yaml"
 OPTIONS_DIR = Path("results/options")
 # Snakemake itself sets OMP_NUM_THREADS/MKL_NUM_THREADS from `threads:` and the CLI sets
 # TOKENIZERS_PARALLELISM, so rules need no environment prefix. The old name stays (empty) only so that a
-# rule still written as `TORCH_ENV + " taskprune ..."` parses; `snakemake --lint` flags such a rule.
+# rule still prefixing its shell command with TORCH_ENV parses; `snakemake --lint` flags such a rule.
 TORCH_ENV = ""
 
 
@@ -298,3 +298,22 @@ def _score_tables():
 
 def _manifests():
     return [f"{v.checkpoint}" for v in PRUNED if not CFG.pruning.temporary_checkpoints]  # dirs with manifest.parquet
+
+
+# ---------------------------------------------------------------------------- harness (harness.smk)
+def harness_inputs(wildcards):
+    v = grid.parse_variant(wildcards.variant)
+    inputs = {"data": list(HARNESS_LOCAL.values()), "task_yaml": [f"resources/harness/{n}.yaml" for n in HARNESS_LOCAL]}
+    if v.stage != "base" or model_cfg(v.model).source == "train":
+        inputs["model"] = v.checkpoint
+    return inputs
+
+
+def harness_model_path(wildcards):
+    v = grid.parse_variant(wildcards.variant)
+    return model_path(v.model) if v.stage == "base" else v.checkpoint
+
+
+def harness_options(wildcards):
+    v = grid.parse_variant(wildcards.variant)
+    return options(harness=CFG.harness, device=CFG.device, chat_template=model_cfg(v.model).chat_template)

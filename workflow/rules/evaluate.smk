@@ -53,8 +53,10 @@ rule metrics:
         targets=" ".join(f"--target {m}={mc.task}" for m, mc in CFG.models.items()),
         harness=lambda w, input: f"--harness-inputs {' '.join(input.harness)}" if input.harness else "",
         src=source_hash("metrics"),
+    # the torch env: metrics reads its headline constants from taskprune.evaluate, whose import graph
+    # reaches torch (tests/test_conda_envs.py derives what each rule's env must hold)
     conda:
-        ENV_ANALYSIS
+        ENV_TORCH
     log:
         "logs/metrics.log",
     shell:
