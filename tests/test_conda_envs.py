@@ -139,8 +139,6 @@ def test_env_pins_are_exact_and_match_pyproject():
     listed: set[str] = set()
     for env_file in sorted((ROOT / "envs").glob("*.yaml")):
         for name, version in env_pins(env_file).items():
-            if name == "setuptools":  # the build backend of the post-deploy install, not a dependency
-                continue
             assert name in project, f"{env_file.name}: {name} is not a dependency in pyproject.toml"
             assert version == project[name], f"{env_file.name}: {name}=={version}, pyproject.toml: {project[name]}"
             listed.add(name)

@@ -598,7 +598,7 @@ def add_config_arguments(parser: Any) -> None:
         "--options",
         metavar="JSON|@FILE",
         help="JSON object of the config sections this stage uses, e.g. '{\"stats\": {\"token_budget\": 4096}}', "
-        "or @FILE holding one (the Snakemake rules pass results/options/<sections>-<hash>.json); unspecified "
+        "or @FILE holding one (the Snakemake rules pass .snakemake/taskprune/options/<sections>-<hash>.json); unspecified "
         "keys take their defaults",
     )
     group.add_argument(

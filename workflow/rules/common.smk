@@ -49,7 +49,8 @@ wildcard_constraints:
 ENV_TORCH = "../../envs/torch.yaml"
 ENV_DATA = "../../envs/data.yaml"
 ENV_ANALYSIS = "../../envs/analysis.yaml"
-OPTIONS_DIR = Path("results/options")
+# Options files live with Snakemake's own metadata: not results, and shared with cluster jobs like it.
+OPTIONS_DIR = Path(".snakemake/taskprune/options")
 # Snakemake itself sets OMP_NUM_THREADS/MKL_NUM_THREADS from `threads:` and the CLI sets
 # TOKENIZERS_PARALLELISM, so rules need no environment prefix. The old name stays (empty) only so that a
 # rule still prefixing its shell command with TORCH_ENV parses; `snakemake --lint` flags such a rule.
@@ -67,10 +68,11 @@ def source_hash(*stages):
 
 
 def options(**sections):
-    """The config sections a stage uses (pydantic models dumped) as `@results/options/<sections>-<hash>.json`.
+    """The config sections a stage uses (pydantic models dumped), as `@<OPTIONS_DIR>/<sections>-<hash>.json`.
 
-    The file is content-addressed (written once, atomically), so the printed shell command stays short and
-    the parameter still changes exactly when the options do (params rerun trigger).
+    The file is content-addressed (written once, atomically; not in a dry run, which writes nothing), so
+    the printed shell command stays short and the parameter still changes exactly when the options do
+    (params rerun trigger).
     """
     out = {}
     for key, value in sections.items():
@@ -78,7 +80,7 @@ def options(**sections):
     text = json.dumps(out, sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     path = OPTIONS_DIR / f"{'-'.join(sections)}-{digest}.json"
-    if not path.exists():
+    if not workflow.dryrun and not path.exists():
         write_text(f"{text}\n", path)
     return f"@{path}"
 
