@@ -319,3 +319,23 @@ def harness_model_path(wildcards):
 def harness_options(wildcards):
     v = grid.parse_variant(wildcards.variant)
     return options(harness=CFG.harness, device=CFG.device, chat_template=model_cfg(v.model).chat_template)
+
+
+# ---------------------------------------------------------------------------- overlap (overlap.smk)
+def overlap_plan():
+    """(generalist, [specialist, specialist]) of the first generalist two trained specialists continue from."""
+    by_generalist = {}
+    for name, m in CFG.models.items():
+        if m.source == "train" and m.training.init:
+            by_generalist.setdefault(m.training.init, []).append(name)
+    if "selectivity" not in CFG.scores.methods:
+        return None
+    for generalist, specialists in by_generalist.items():
+        if len(specialists) >= 2:
+            return generalist, specialists[:2]
+    return None
+
+
+def overlap_levels():
+    levels = {format_level(x) for m in (OVERLAP[1] if OVERLAP else []) for x in CFG.levels_for(m)}
+    return sorted(levels, key=float)
