@@ -373,6 +373,47 @@ class HarnessConfig(_Strict):
     )
 
 
+BenchPhase = Literal["prefill", "decode"]
+# architecture numbers of a bench.shapes entry (the rest of its keys are measurement settings)
+SHAPE_NUMBER_KEYS: tuple[str, ...] = (
+    "model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "vocab_size", "tie_word_embeddings", "max_position_embeddings",
+)  # fmt: skip
+
+
+class ShapeFamilyConfig(_Strict):
+    """A shape family benchmarked from its numbers: a stock transformers model with random weights, pruned
+    at the levels by the pipeline's uniform rule (``taskprune.bench_paired``). Unset settings fall back to
+    the ``bench`` section's."""
+
+    model_type: Literal["llama", "qwen2"] = "llama"
+    hidden_size: int = Field(ge=8)
+    intermediate_size: int = Field(ge=8)
+    num_hidden_layers: int = Field(ge=1)
+    num_attention_heads: int = Field(ge=1)
+    num_key_value_heads: int = Field(ge=1)
+    vocab_size: int = Field(ge=2)
+    tie_word_embeddings: bool = True
+    max_position_embeddings: int = Field(4096, ge=16)
+    measured_layers: int | None = Field(None, ge=1, description="build this many decoder layers and compose "
+                                        "the full-depth time (None: time the full depth)")
+    levels: list[float] | None = None
+    batch_sizes: list[int] | None = None
+    phases: list[BenchPhase] | None = None
+    prompt_tokens: int | None = Field(None, ge=1)
+    new_tokens: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ShapeFamilyConfig:
+        if self.hidden_size % self.num_attention_heads or self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("hidden_size must be divisible by num_attention_heads, and that by num_key_value_heads")
+        if self.measured_layers is not None and self.measured_layers > self.num_hidden_layers:
+            raise ValueError(f"measured_layers {self.measured_layers} exceeds num_hidden_layers {self.num_hidden_layers}")
+        if self.batch_sizes is not None and (not self.batch_sizes or min(self.batch_sizes) < 1):
+            raise ValueError(f"batch_sizes must be positive integers, got {self.batch_sizes}")
+        return self
+
+
 class BenchConfig(_Strict):
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 32])
     prompt_tokens: int = Field(64, ge=1)
@@ -382,6 +423,15 @@ class BenchConfig(_Strict):
     static_cache: bool = True
     compile: bool = True
     threads: int | None = None
+    # paired throughput of shape families (taskprune.bench_paired)
+    shapes: dict[str, ShapeFamilyConfig] = Field(default_factory=dict, description="shape families built from "
+                                                 "numbers; empty: the run's own checkpoints")
+    levels: list[float] | None = Field(None, description="pruning levels timed (default: all configured)")
+    phases: list[BenchPhase] = Field(default_factory=lambda: ["prefill", "decode"])
+    engines: list[Literal["stock", "tight"]] = Field(default_factory=lambda: ["stock"],
+                                                     description="stock decides; tight is an upper bound")
+    pairs: int = Field(7, ge=1, description="interleaved base/variant rounds (< 7: every row is noisy)")
+    min_repeat_s: float = Field(0.05, ge=0, description="a timed repeat loops the run until it lasts this long")
     # pipeline benchmarks (results/bench/stats_collection.parquet and generation.parquet)
     stats_prompts: int = Field(1000, ge=1, description="prompts per statistics-collection throughput pass")
     stats_memory_prompts: list[int] = Field(default_factory=lambda: [1000, 4000])
@@ -448,6 +498,16 @@ class Config(_Strict):
             for t in g.training.mix:
                 if t not in self.tasks:
                     raise ValueError(f"generalists.{name}.training.mix: '{t}' is not a task (tasks: {', '.join(self.tasks)})")
+
+
+        if not self.bench.shapes and self.pruning.allocation != "uniform":
+            raise ValueError("bench: without bench.shapes the paired benchmark times the run's checkpoints per "
+                             "shape family, which needs pruning.allocation 'uniform'")
+        if self.bench.levels is not None and not self.bench.shapes:
+            configured = {format_level(x) for m in self.models for x in self.levels_for(m)}
+            extra = [format_level(x) for x in self.bench.levels if format_level(x) not in configured]
+            if extra:
+                raise ValueError(f"bench.levels {extra} are not pruning levels of any model ({sorted(configured)})")
         for method in self.pruning.methods:
             _, score = parse_method(method)
             if score != "random" and score not in self.scores.methods:
@@ -539,6 +599,9 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
     for section in ("models", "tasks", "generalists"):
         if isinstance(raw.get(section), dict):
             raw[section] = {k: v for k, v in raw[section].items() if v is not None}
+    bench = raw.get("bench")
+    if isinstance(bench, dict) and isinstance(bench.get("shapes"), dict):  # bench.shapes entries drop the same way
+        raw["bench"] = {**bench, "shapes": {k: v for k, v in bench["shapes"].items() if v is not None}}
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:

@@ -1,9 +1,13 @@
 # Efficiency benchmarks. Benchmark jobs hold the `bench` resource (profiles set bench=1) and every core,
 # so they never run beside another job and their numbers are not polluted by a neighbour.
+#   bench         per measured variant checkpoint: parameters, bytes on disk, peak memory at batch 1
+#   bench_family  per shape family: paired, interleaved throughput of the base vs every level (bench_paired)
+#   bench_gather  results/bench/efficiency.parquet: family rows attached to the variants they describe
 
 BENCH = bench_variants()
-# the BenchConfig keys of the per-variant efficiency measurement (not those of the pipeline benchmarks)
-EFFICIENCY_KEYS = {"batch_sizes", "prompt_tokens", "new_tokens", "warmup", "repeats", "static_cache", "compile", "threads"}
+FAMILIES = family_plans(CFG)
+# the BenchConfig keys of the per-variant memory measurement (throughput: FAMILIES' plans)
+EFFICIENCY_KEYS = {"prompt_tokens", "new_tokens", "repeats", "static_cache", "threads"}
 
 
 rule bench:
@@ -32,9 +36,35 @@ rule bench:
         "{params.labels} --output {output} --options {params.opts:q} > {log} 2>&1"
 
 
+rule bench_family:
+    input:
+        family_input,
+    output:
+        family="results/bench/families/{shapes}.parquet",
+        trials="results/bench/families/{shapes}.trials.parquet",
+    params:
+        plan=lambda w: json.dumps(FAMILIES[w.shapes].to_json(), sort_keys=True, separators=(",", ":")),
+        src=source_hash("bench_paired"),
+    wildcard_constraints:
+        shapes="|".join(re.escape(n) for n in FAMILIES) or "NO_FAMILY",
+    threads: workflow.cores
+    conda:
+        ENV_TORCH
+    log:
+        "logs/bench/family-{shapes}.log",
+    resources:
+        bench=1,
+        mem_mb=12000,
+        runtime=30,
+    shell:
+        "taskprune bench family --plan {params.plan:q} --output {output.family} "
+        "--trials {output.trials} > {log} 2>&1"
+
+
 rule bench_gather:
     input:
-        [f"results/bench/variants/{v.path}.parquet" for v in BENCH],
+        variants=[f"results/bench/variants/{v.path}.parquet" for v in BENCH],
+        families=[f"results/bench/families/{name}.parquet" for name in FAMILIES],
     output:
         "results/bench/efficiency.parquet",
     params:
@@ -44,7 +74,7 @@ rule bench_gather:
     log:
         "logs/bench/gather.log",
     shell:
-        "taskprune bench gather --output {output} {input} > {log} 2>&1"
+        "taskprune bench gather --output {output} {input.variants} --families {input.families} > {log} 2>&1"
 
 
 _BENCH_MODEL = next(iter(CFG.models))

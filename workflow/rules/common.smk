@@ -13,6 +13,9 @@ from taskprune import import_graph
 from taskprune.io import write_text
 
 
+from taskprune.bench_paired import family_plans
+
+
 # ---------------------------------------------------------------------------- config validation
 try:
     _sources = [str(f) for f in (workflow.configfiles or ["config"])]
@@ -127,6 +130,13 @@ def bench_variants():
     a family's base models share one measurement, and with uniform allocation so does every variant at one
     level across the family); the gather step attaches the rows to every variant of those shapes."""
     return [grid.parse_variant(p) for p in BENCH_PLAN]
+
+
+def family_input(wildcards):
+    """The checkpoints a shape family's trials load (nothing for a family built from numbers)."""
+    plan = FAMILIES[wildcards.shapes]
+    sources = [plan.base, *plan.levels.values()]
+    return [s["checkpoint"] for s in sources if "checkpoint" in s and Path(s["checkpoint"]).parts[:1] == ("results",)]
 
 
 def bench_labels(variant_path):
