@@ -221,7 +221,7 @@ def test_family_and_gather_end_to_end(tmp_path, monkeypatch):
     from taskprune.cli import main
     from taskprune.io import read_parquet_metadata
 
-    plan = _plan(models=["m"], measured_layers=None)
+    plan = _plan(models=["m", "twin"], measured_layers=None)
     fam = tmp_path / "fam.parquet"
     assert main(["bench", "family", "--plan", json.dumps(plan.to_json()), "--output", str(fam),
                  "--trials", str(tmp_path / "trials.parquet")]) == 0  # fmt: skip
@@ -231,7 +231,7 @@ def test_family_and_gather_end_to_end(tmp_path, monkeypatch):
 
     per_variant = tmp_path / "v.parquet"
     rows = []
-    for variant in ("m/base", "m/selective/35.71/0", "m/selective/10/0"):
+    for variant in ("m/base", "m/selective/35.71/0", "m/selective/10/0", "twin/base", "twin/selective/35.71/0"):
         fields = bench._variant_fields(variant)
         rows.append({**fields, "params_total": 100, "params_mlp": 60, "bytes_on_disk": 400, "peak_memory_bytes": 1000,
                      "mlp_widths": [1], "device": "cpu", "measured_variant": variant})  # fmt: skip
@@ -254,8 +254,22 @@ def test_family_and_gather_end_to_end(tmp_path, monkeypatch):
     own = df.filter(pl.col("shapes") == "other")
     assert set(own["variant"]) == {"other/base", "other/uniform/35.71/0"}
     assert own["peak_memory_bytes"].null_count() == own.height and (own["params_total"] > 0).all()
+    assert df.filter(pl.col("model") == "twin")["shapes"].unique().to_list() == ["fam"]
     with pytest.raises(DataError, match="no shape-family benchmark files"):
         bench_paired.gather_efficiency([per_variant], [])
+
+    # the figure: one row of panels per shape family (m and twin share one), the engine named
+    from taskprune.figures import Results, fig_efficiency
+    from taskprune.findings import claim_efficiency, load_efficiency
+
+    eff = load_efficiency(out)
+    metrics = pl.DataFrame({"model": ["m", "twin"], "metric": ["accuracy"] * 2, "task": ["math"] * 2,
+                            "stage": ["pruned"] * 2, "level_pct": [35.71] * 2, "level": ["35.71"] * 2})  # fmt: skip
+    fig = fig_efficiency(Results(metrics, eff))
+    assert len(fig.axes) == 2 * 3
+    titles = [ax.get_title() for ax in fig.axes]
+    assert sum("decode speedup" in t for t in titles) == 2 and any("stock engine" in t for t in titles)
+    assert set(claim_efficiency(eff, ["m", "twin"])["per_model"]) >= {"m", "twin"}  # findings still read it
 
 
 def test_bench_config_keys_are_validated():

@@ -34,7 +34,9 @@ MODELS = ("tiny-math", "tiny-code")
 PRUNE_METHODS = {"selective": "0", "reverse": "0", "random": "33"}  # method -> its seed in the smoke grid
 LEVELS = ("10", "35.71")
 # rules that gather every variant (or every result): any change below them reruns them
-GATHER_RULES = {"bench_gather", "metrics", "findings", "figures", "report_assets", "neuron_overlap"}
+# bench_family: the paired throughput of a shape family interleaves the base with every level, so any new or
+# changed level re-times the family (one job per family)
+GATHER_RULES = {"bench_family", "bench_gather", "metrics", "findings", "figures", "report_assets", "neuron_overlap"}
 GENERALIST = "tiny-base"  # the smoke grid's specialists both continue from it
 
 

@@ -183,12 +183,11 @@ def family_plans(cfg: Any) -> dict[str, FamilyPlan]:
                 models=[m for m in cfg.models if model_matches_shapes(cfg, m, s)], **{**common, "device": "cpu"},
             )  # fmt: skip
         return plans
-    if cfg.pruning.allocation != "uniform":
-        raise ConfigError(
-            "bench: paired family benchmarks need pruning.allocation 'uniform' (every variant at a level has "
-            "the same widths); set bench.shapes or use uniform allocation"
-        )
     from taskprune.grid import base_variants
+
+    # uniform: one checkpoint per level stands for every variant at it; global: widths depend on the scores,
+    # so the level's rows describe only the checkpoint timed (first method/seed; others keep memory rows)
+    only_measured = cfg.pruning.allocation != "uniform"
 
     wanted = {format_level(x) for x in bench.levels} if bench.levels else None
     families: dict[Any, list[str]] = {}
@@ -203,7 +202,8 @@ def family_plans(cfg: Any) -> dict[str, FamilyPlan]:
         for measured in plan:
             v = parse_variant(measured)
             if v.model in models and v.stage != "base" and (wanted is None or v.level in wanted):
-                levels.setdefault(v.level, {"checkpoint": v.checkpoint, "variant": v.path})
+                source = {"checkpoint": v.checkpoint, "variant": v.path}
+                levels.setdefault(v.level, {**source, "only_variant": v.path} if only_measured else source)
         levels = dict(sorted(levels.items(), key=lambda kv: float(kv[0])))
         plans[first] = FamilyPlan(
             name=first, source="checkpoints", base=base, levels=levels, num_layers=0, measured_layers=None,
@@ -584,6 +584,7 @@ def summarise(trials: Any, plan: FamilyPlan) -> Any:
             "prompt_tokens": plan.prompt_tokens, "new_tokens": plan.new_tokens, "repeats": plan.repeats,
             "shapes_source": plan.source, "device": str(g["device"][0]), "torch_version": str(g["torch_version"][0]),
             "family_models": list(plan.models),
+            "family_only_variant": None if which == "base" else plan.levels[which].get("only_variant"),
         })  # fmt: skip
     return pl.DataFrame(rows).sort(["engine", "phase", "batch_size", "level_pct"])
 
@@ -667,6 +668,8 @@ def gather_efficiency(variant_paths: Sequence[str | os.PathLike[str]], family_pa
         fam = read_parquet(path, required=["shapes", "level_pct", "family_models"], what="shape-family benchmark file")
         models = fam["family_models"][0].to_list() if fam.height else []
         fam = fam.drop("family_models")
+        if "family_only_variant" not in fam.columns:
+            fam = fam.with_columns(pl.lit(None, dtype=pl.String).alias("family_only_variant"))
         mine = variants.filter(pl.col("model").is_in(models)) if variants is not None and models else None
         if mine is not None and mine.height:
             timed = fam.select(pl.col("level_pct").round(6).alias("_lv")).unique()
@@ -679,10 +682,15 @@ def gather_efficiency(variant_paths: Sequence[str | os.PathLike[str]], family_pa
             missing = rows.join(timed, on="_lv", how="anti")
             if missing.height and missing.height == rows.height:
                 raise DataError(f"{path}: the family times none of the levels of its models' variants")
-            frames.append(joined.drop("_lv", "_family_level", "_family_level_pct", "_family_device"))
+            # global allocation: a level's timing describes only the checkpoint timed; the others keep memory rows
+            other = pl.col("family_only_variant").is_not_null() & (pl.col("family_only_variant") != pl.col("measured_variant"))
+            kept = joined.filter(~other.fill_null(False))
+            dropped = rows.join(kept.select("variant").unique(), on="variant", how="anti")
+            frames.append(pl.concat([kept, dropped], how="diagonal_relaxed")
+                          .drop("_lv", "_family_level", "_family_level_pct", "_family_device", "family_only_variant"))  # fmt: skip
         else:
             name = str(fam["shapes"][0])
-            frames.append(fam.with_columns(
+            frames.append(fam.drop("family_only_variant").with_columns(
                 pl.lit(name).alias("model"),
                 pl.when(pl.col("level").is_null()).then(pl.lit("base")).otherwise(pl.lit("uniform")).alias("method"),
                 pl.lit(0, dtype=pl.Int64).alias("seed"),

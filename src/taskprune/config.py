@@ -499,10 +499,6 @@ class Config(_Strict):
                 if t not in self.tasks:
                     raise ValueError(f"generalists.{name}.training.mix: '{t}' is not a task (tasks: {', '.join(self.tasks)})")
 
-
-        if not self.bench.shapes and self.pruning.allocation != "uniform":
-            raise ValueError("bench: without bench.shapes the paired benchmark times the run's checkpoints per "
-                             "shape family, which needs pruning.allocation 'uniform'")
         if self.bench.levels is not None and not self.bench.shapes:
             configured = {format_level(x) for m in self.models for x in self.levels_for(m)}
             extra = [format_level(x) for x in self.bench.levels if format_level(x) not in configured]
