@@ -580,11 +580,19 @@ def _throughput_panel(ax: Axes, rows: pl.DataFrame, palette: dict[int, Any]) -> 
     faded. Returns the engines drawn, for the title."""
     import polars as pl
 
+    if "measured_speedup" not in rows.columns:
+        _empty(ax, "no paired speedups in the table")
+        return ""
     dec = rows.filter((pl.col("phase") == "decode") & pl.col("measured_speedup").is_not_null())
     if dec.height == 0:
         _empty(ax, "no decode benchmark")
         return ""
-    engines = [e for e in ("stock", "tight") if e in set(dec["engine"].to_list())]
+    # an older table without the paired columns: no interval, engine unnamed
+    defaults = {"engine": pl.lit("unnamed"), "measured_speedup_ci_low": pl.col("measured_speedup"),
+                "measured_speedup_ci_high": pl.col("measured_speedup"), "noisy": pl.lit(False),
+                "ideal_speedup_bytes": pl.lit(None, dtype=pl.Float64)}  # fmt: skip
+    dec = dec.with_columns(**{k: v for k, v in defaults.items() if k not in dec.columns})
+    engines = [e for e in ("stock", "tight", "unnamed") if e in set(dec["engine"].to_list())]
     batches = sorted(int(b) for b in dec["batch_size"].unique().to_list())
     span = max(1.0, float(dec["level_pct"].max()))
     for e_i, engine in enumerate(engines):
@@ -608,7 +616,7 @@ def _throughput_panel(ax: Axes, rows: pl.DataFrame, palette: dict[int, Any]) -> 
                            zorder=4, label="_nolegend_")  # fmt: skip
             if e_i == 0:
                 ax.plot(x, d["ideal_speedup"], **{**IDEAL_STYLE, "color": color}, label="_nolegend_")
-                if "ideal_speedup_bytes" in d:
+                if d["ideal_speedup_bytes"].notna().any():
                     ax.plot(x, d["ideal_speedup_bytes"], **{**BYTES_IDEAL_STYLE, "color": color}, label="_nolegend_")
     ax.plot([], [], **{**IDEAL_STYLE, "color": "grey"}, label="ideal: FLOP ratio base / variant")
     ax.plot([], [], **{**BYTES_IDEAL_STYLE, "color": "grey"}, label="ideal: byte ratio (bandwidth-bound)")
