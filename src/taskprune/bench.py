@@ -1,50 +1,31 @@
-"""Efficiency benchmarks: parameters, bytes, peak memory and tokens/s of a variant, next to the ideal.
+"""Efficiency benchmarks: parameters, bytes and peak memory of a variant; the engines; the worker processes.
 
 Pruning MLP neurons only pays off if the smaller checkpoint is actually cheaper to run. For one variant
-checkpoint, ``taskprune bench measure`` records its parameters (total and MLP, counted tensors), the bytes
-of its weight files, its peak memory at batch 1, and prefill and decode tokens/s at each configured batch
-size; ``taskprune bench gather`` joins the per-variant files into ``results/bench/efficiency.parquet`` and
-puts the measured speedup over the base model next to the *ideal* one from the shapes (FLOPs per token of
-the base over those of the variant, :mod:`taskprune.flops`) and their ratio
-``realised_fraction = (measured - 1) / (ideal - 1)``.
+checkpoint, ``taskprune bench measure`` records its parameters (total and MLP, counted tensors), the bytes of
+its weight files and its peak memory at batch 1. Throughput is measured per *shape family*, paired and
+interleaved against the base with a CI (``taskprune bench family``, :mod:`taskprune.bench_paired`), and
+``taskprune bench gather`` attaches those rows to every variant they describe in
+``results/bench/efficiency.parquet`` (columns: :data:`CONTRACT_COLUMNS`).
 
 How the numbers are measured:
 
-- **Every measurement runs in a fresh process**: one process per (batch size, phase), so compilation
-  caches and allocator state of one measurement never help another. The processes are forked from a
-  :class:`WorkerServer`, a clean interpreter that has only imported the libraries (so each measurement
-  does not pay ~4 s of interpreter start and imports); ``python -m taskprune.bench _worker SPEC OUT``
-  runs one measurement in a brand-new interpreter instead. Each does ``warmup`` untimed runs, then ``repeats`` timed repeats
-  (each long enough to be above timer noise), and reports the median and inter-quartile range.
+- **Every measurement runs in a fresh process**, forked from a :class:`WorkerServer`, a clean interpreter
+  that has only imported the libraries (so each measurement does not pay ~4 s of interpreter start and
+  imports); ``python -m taskprune.bench _worker SPEC OUT`` runs one measurement in a brand-new interpreter
+  instead.
 - **Peak memory at batch 1**: on CUDA the allocator's peak (``torch.cuda.max_memory_allocated``) over
   loading and one generation; on CPU the peak resident set size (``ru_maxrss``) of a fresh process that
   loads the model and generates, minus that of a fresh process that imports the same libraries and runs
   the same warm-up without a model (median over up to 3 pairs); both reset their peak counter when they
   are forked, so the difference is what the model adds. It is a peak, so it includes loading transients
   such as the memory-mapped pages of the weight file, not just the tensors.
-- **Prefill** tokens/s: ``batch x prompt_tokens / time`` of the forward pass over random prompts (no
-  padding) that fills the KV cache and picks the first token. **Decode** tokens/s:
-  ``batch x new_tokens / time`` of ``new_tokens`` greedy one-token steps after that prefill (untimed).
-- **The generation path** is the same for base and pruned models. ``engine: tight`` (the default for
-  Llama, Qwen2 and Mistral) runs the decoder from the model's own weights with fused q/k/v and gate/up
-  projections, residual adds fused into ``addmm``, a preallocated (static) KV cache and PyTorch's fused
-  attention, so a decode step is ~15 kernel calls per layer, several times fewer than the stock forward
-  (whose per-call overhead swamps small models); the tests check it token for token against greedy
-  decoding with the stock model.
-  ``engine: hf`` runs the stock model forward with a ``StaticCache`` (``bench.static_cache``) and
-  ``torch.compile`` of the decode step (``bench.compile``); it serves every other architecture.
-  The tight engine is not compiled: a compiled prototype of its decode step was about 3x slower on this
-  CPU than eager (probably because the in-place KV-cache writes become copies in the compiled graph);
-  the ``compiled`` column records what was actually used.
-
-Next to the FLOP ideal, rows carry a lower bound on the bytes moved per token (weights once per forward,
-plus the KV cache each decode step reads) and the gather step its ideal ratio ``ideal_speedup_bytes``:
-decoding at batch 32 reads more KV cache than weights at the embedded shapes, and the KV cache does not
-shrink when MLP neurons are pruned, so a bandwidth-bound decode cannot reach the FLOP ideal.
-
-Timings on a shared machine are noisy: rows carry the 1-minute load average when they were taken and a
-CPU-time throughput (``tokens_per_cpu_s``, less sensitive to neighbours than wall time) next to the wall
-time one.
+- **Engines.** The stock transformers forward (:class:`HFEngine`, and :class:`taskprune.bench_paired.StockRunner`
+  for the paired trials) is what users run and decides. :class:`TightEngine` (Llama, Qwen2, Mistral) runs the
+  decoder from the model's own weights with fused q/k/v and gate/up projections, residual adds fused into
+  ``addmm``, a static KV cache and PyTorch's fused attention (~15 kernel calls per layer); the tests check it
+  token for token against greedy decoding with the stock model. It is reported only as an *upper bound* on
+  what a leaner decoder could reach, never as the verdict. ``taskprune bench compare`` and ``profile`` are
+  diagnosis commands over these engines.
 
 Variants of the same shape (uniform allocation: every method, seed and the recovered model at one level)
 cost the same to run, so one measured checkpoint can label several variants (``--label-variant``); the
