@@ -1020,9 +1020,9 @@ def add_arguments(parser: Any) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="{measure,family,gather,profile,compare}")
     measure = sub.add_parser(
         "measure",
-        help="benchmark one variant checkpoint into a per-variant Parquet",
-        description="Benchmark one variant checkpoint (each measurement in a fresh process) into a per-variant "
-        "Parquet of rows: one per (variant, batch size, phase).",
+        help="parameters, bytes on disk and peak memory of one variant checkpoint (per-variant Parquet)",
+        description="Measure one variant checkpoint's parameters, bytes on disk and peak memory at batch 1 (fresh "
+        "processes) into a per-variant Parquet: one row per variant it labels. Throughput: 'bench family'.",
     )
     measure.add_argument("--checkpoint", required=True, help="the checkpoint directory to measure")
     measure.add_argument(
