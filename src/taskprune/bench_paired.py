@@ -244,8 +244,9 @@ def build_shapes_model(numbers: dict[str, Any], level: str | None, layers: int |
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     from taskprune.arch import get_adapter, layer_widths, mlp_modules
+    from taskprune.checkpoint import _sync_shape_attributes
     from taskprune.config import PruningConfig
-    from taskprune.prune import _slice_tensor, _sync_shape_attributes, parse_level, plan_pruning
+    from taskprune.prune import _slice_tensor, parse_level, plan_pruning
 
     config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[numbers["model_type"]]
     depth = int(layers or numbers["num_hidden_layers"])
