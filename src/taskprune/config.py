@@ -11,6 +11,7 @@ Sections are separate models so that Snakemake rules can pass only the section a
 from __future__ import annotations
 
 import difflib
+import json
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -668,6 +669,26 @@ def add_config_arguments(parser: Any) -> None:
     )
 
 
+def read_options(text: str | None) -> tuple[dict[str, Any], str]:
+    """The JSON object of config sections a stage's ``--options`` names, inline or as ``@FILE`` (what the
+    Snakemake rules pass), and how to name it in an error: ``(sections, source)``."""
+    text = text or "{}"
+    source = "--options"
+    if text.startswith("@"):
+        source = f"--options {text}"
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read the options file ({exc.strerror})") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{source}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a JSON object of config sections")
+    return raw, source
+
+
 def stage_options(args: Any, sections: dict[str, type[BaseModel] | Any], model: str | None = None) -> Any:
     """Validate the sections a stage needs and return them as attributes of a namespace.
 
@@ -675,7 +696,6 @@ def stage_options(args: Any, sections: dict[str, type[BaseModel] | Any], model: 
     as ``device``). With ``--config FILE``, sections are read from the validated whole config; the special
     section ``model`` is ``config.models[model]`` and ``task`` is the model's target task config.
     """
-    import json
     from types import SimpleNamespace
 
     values: dict[str, Any] = {}
@@ -689,20 +709,7 @@ def stage_options(args: Any, sections: dict[str, type[BaseModel] | Any], model: 
         raw = data
         source = ", ".join(args.config)
     else:
-        text = getattr(args, "options", None) or "{}"
-        source = "--options"
-        if text.startswith("@"):  # an options file (what the Snakemake rules pass): --options @FILE
-            source = f"--options {text}"
-            try:
-                text = Path(text[1:]).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ConfigError(f"{source}: cannot read the options file ({exc.strerror})") from None
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{source}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{source}: expected a JSON object of config sections")
+        raw, source = read_options(getattr(args, "options", None))
         unknown = [k for k in raw if k not in sections]
         if unknown:
             guess = difflib.get_close_matches(unknown[0], list(sections), n=1)

@@ -558,7 +558,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from taskprune.config import GeneralistConfig, load_config, stage_options, validate_section
+    from taskprune.config import GeneralistConfig, load_config, read_options, stage_options, validate_section
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sections: dict[str, Any] = {"tasks": {}, "evaluation": EvaluationConfig, "device": "auto"}
@@ -574,13 +574,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         import json
 
-        try:
-            raw = json.loads(args.options or "{}")
-        except (TypeError, json.JSONDecodeError):
-            raw = {}  # stage_options reports the bad JSON in one line
-        if isinstance(raw, dict) and "generalist" in raw:
-            generalist = validate_section(raw["generalist"], GeneralistConfig, "generalist")
-            opts = stage_options(argparse.Namespace(options=json.dumps({k: v for k, v in raw.items() if k != "generalist"})), sections)
+        raw, source = read_options(args.options)
+        if "generalist" in raw:
+            generalist = validate_section(raw["generalist"], GeneralistConfig, "generalist", source)
+            rest = json.dumps({k: v for k, v in raw.items() if k != "generalist"})
+            opts = stage_options(argparse.Namespace(options=rest), sections)
         else:
             opts = stage_options(args, {"model": ModelConfig, **sections}, model=args.model)
     if not isinstance(opts.tasks, dict):
