@@ -10,7 +10,6 @@
 #          -> bench -> findings -> figures. All logic is in src/taskprune/; rules only call `taskprune <stage>`.
 
 import os
-import tempfile
 
 from snakemake.utils import min_version
 
@@ -34,30 +33,41 @@ include: "workflow/rules/overlap.smk"
 include: "workflow/rules/figures.smk"
 
 
-onstart:
-    # Local runs: one warm process imports torch/transformers once and forks a child per job
-    # (src/taskprune/worker.py); TASKPRUNE_WORKER=0 turns it off. Cluster jobs never use it.
-    if workflow.local_exec and not workflow.dryrun and os.environ.get("TASKPRUNE_WORKER", "1") != "0":
-        from taskprune.worker import ENV_SOCKET, start_daemon
+# Small aggregation rules run by Snakemake itself, also with a cluster executor (seconds each: a queue
+# wait would cost more than the job).
+localrules:
+    metrics,
+    bench_gather,
+    findings,
+    figures,
 
-        _sock = os.path.join(tempfile.gettempdir(), f"taskprune-worker-{os.getpid()}.sock")
-        os.makedirs("logs", exist_ok=True)
-        if start_daemon(_sock, os.getpid(), log_path="logs/worker.log"):
-            os.environ[ENV_SOCKET] = _sock
+
+onstart:
+    # Local runs in the venv: one warm process imports torch/transformers once and forks a child per job
+    # (src/taskprune/worker.py); TASKPRUNE_WORKER=0 turns it off. Never on a cluster executor, and never
+    # with --sdm conda/apptainer (a job must run in its own environment, not in Snakemake's interpreter).
+    _deploy = {m.name for m in workflow.deployment_settings.deployment_method}
+    if (
+        workflow.local_exec
+        and not workflow.dryrun
+        and not _deploy & {"CONDA", "APPTAINER"}
+        and os.environ.get("TASKPRUNE_WORKER", "1") != "0"
+    ):
+        from taskprune.worker import start_for_snakemake
+
+        start_for_snakemake(os.getpid(), log_path="logs/worker.log")
 
 
 onsuccess:
-    from taskprune.worker import stop
+    from taskprune.worker import stop_for_snakemake
 
-    if os.environ.get("TASKPRUNE_WORKER_SOCKET"):
-        stop(os.environ["TASKPRUNE_WORKER_SOCKET"])
+    stop_for_snakemake()
 
 
 onerror:
-    from taskprune.worker import stop
+    from taskprune.worker import stop_for_snakemake
 
-    if os.environ.get("TASKPRUNE_WORKER_SOCKET"):
-        stop(os.environ["TASKPRUNE_WORKER_SOCKET"])
+    stop_for_snakemake()
 
 
 rule all:

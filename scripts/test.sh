@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 ruff check src tests
+# Snakemake's linter (exit 1 on any lint; README says why none is left deliberately)
+snakemake --lint
 # In CI (as root) the SLURM test brings up a single-node cluster (.ci/slurm-up.sh) and tears it down.
 if [ "${CI:-}" = "true" ] && [ "$(id -u)" = "0" ]; then export TASKPRUNE_SLURM="${TASKPRUNE_SLURM:-1}"; fi
 set +e

@@ -79,3 +79,28 @@ def test_smoke_items_and_four_outcome_findings(smoke_run):
     findings = json.loads((smoke_run / "results/findings.json").read_text())
     assert {c["status"] for c in findings["claims"]} <= set(OUTCOMES)
     assert all(v["status"] in OUTCOMES for c in findings["claims"] for v in c["per_model"].values())
+
+
+def test_benchmark_files_record_the_real_job(smoke_run):
+    """Snakemake's benchmark: files measure the job's own process tree, so they must show what the stage
+    really used: a model job that imports torch and transformers holds > 200 MB and burns CPU seconds.
+    (A job handed to a warm fork server would show only its small client: ~16 MB, ~0.05 s.) The evaluation
+    jobs, which do run forked, have no benchmark file; their logs end with their usage line instead."""
+    import csv
+
+    heavy = [
+        smoke_run / "benchmarks/train/tiny-math.tsv",
+        smoke_run / "benchmarks/stats/tiny-math/math.tsv",
+        *sorted((smoke_run / "benchmarks/recover").rglob("*.tsv"))[:1],
+    ]
+    assert len(heavy) == 3
+    for path in heavy:
+        rows = list(csv.DictReader(path.open(), delimiter="\t"))
+        assert rows, path
+        row = rows[-1]
+        assert float(row["max_rss"]) > 200, f"{path}: max_rss {row['max_rss']} MB is not the job's"
+        assert float(row["cpu_time"]) > 1.0, f"{path}: cpu_time {row['cpu_time']} s is not the job's"
+    log = (smoke_run / "logs/evaluate/tiny-math/base.log").read_text()
+    usage = [line for line in log.splitlines() if "resources: cpu_time=" in line]
+    assert usage, "the evaluation log does not record its usage"
+    assert float(usage[-1].split("max_rss=")[1].split()[0]) > 200, usage[-1]

@@ -220,7 +220,15 @@ def test_slurm_profile_names_only_real_rules():
         if rule in MODEL_RULES or rule.startswith("evaluate_"):
             assert profile["set-resources"][rule].get("gpu") == 1, rule
     assert profile["executor"] == "slurm"
-    assert profile["slurm-status-command"] == "squeue" and profile["slurm-no-account"] is True
+    # the no-accounting settings of the CI cluster are CI's, not the user's
+    assert "slurm-status-command" not in profile and "slurm-no-account" not in profile
+    ci = yaml.safe_load((ROOT / "profiles/slurm-ci/overrides.yaml").read_text())
+    assert ci["slurm-status-command"] == "squeue" and ci["slurm-no-account"] is True
+    # array submission names real rules only; the benchmarks ask for a whole node
+    arrays = {r.strip() for r in profile["slurm-array-jobs"].split(",")}
+    assert arrays <= rules and "prune" in arrays, sorted(arrays - rules)
+    for rule in ("bench", "bench_stats", "bench_generation"):
+        assert "--exclusive" in profile["set-resources"][rule]["slurm_extra"], rule
     # profiles/default is the workflow profile: its keys override a global profile's, so it must not set
     # any of the keys that the cluster profile needs to control
     default = yaml.safe_load((ROOT / "profiles/default/config.yaml").read_text())

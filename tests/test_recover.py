@@ -29,6 +29,7 @@ from taskprune.recover import (  # noqa: E402
     count_parameters,
     merge_lora,
     planned_steps,
+    recipe_loss,
     save_recovered,
     split_microbatches,
     task_hyperparameters,
@@ -350,7 +351,7 @@ def test_kd_loss_equals_a_hand_computed_kl(ce_weight):
     kd = DistillationConfig(temperature=1.7, ce_weight=ce_weight)
     n_targets = int((batch["labels"][:, 1:] != -100).sum())
     with torch.no_grad():
-        loss = RECIPES["lora-kd"].loss(student, batch, StepContext(n_targets, teacher, kd))
+        loss = recipe_loss(RECIPES["lora-kd"])(student, batch, StepContext(n_targets, teacher, kd))
         s_logits, t_logits = _logits(student, batch["input_ids"]), _logits(teacher, batch["input_ids"])
     kl, ce, count = _kl_by_hand(s_logits, t_logits, batch["labels"], kd.temperature)
     assert count == n_targets and kl > 0.01
@@ -368,7 +369,7 @@ def test_a_teacher_equal_to_the_student_gives_zero_kd_loss_and_no_update():
 
     def loss_and_gradient(teacher_model) -> tuple[float, float]:
         student.zero_grad(set_to_none=True)
-        loss = RECIPES["lora-kd"].loss(student, batch, StepContext(n_targets, teacher_model, DistillationConfig()))
+        loss = recipe_loss(RECIPES["lora-kd"])(student, batch, StepContext(n_targets, teacher_model, DistillationConfig()))
         loss.backward()
         grads = [p.grad.abs().max() for n, p in student.named_parameters() if "lora_" in n and p.grad is not None]
         return float(loss.detach()), float(max(grads))
@@ -560,3 +561,12 @@ def test_cli_reports_a_missing_checkpoint_in_one_line(task_files, capsys):
     assert _cli(task_files) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "model directory not found" in err
+
+
+def test_every_recipe_names_a_loss_function_of_recover():
+    """The registry (importable without torch) names each recipe's loss; recover must define it."""
+    from taskprune import recover
+    from taskprune.recipes import RECIPES
+
+    for recipe in RECIPES.values():
+        assert callable(getattr(recover, recipe.loss, None)) and recover.recipe_loss(recipe), recipe

@@ -34,7 +34,9 @@ MODELS = ("tiny-math", "tiny-code")
 PRUNE_METHODS = {"selective": "0", "reverse": "0", "random": "33"}  # method -> its seed in the smoke grid
 LEVELS = ("10", "35.71")
 # rules that gather every variant (or every result): any change below them reruns them
-GATHER_RULES = {"bench_gather", "metrics", "findings", "figures", "report_assets", "neuron_overlap"}
+# bench_family: the paired throughput of a shape family interleaves the base with every level, so any new or
+# changed level re-times the family (one job per family)
+GATHER_RULES = {"bench_family", "bench_gather", "metrics", "findings", "figures", "report_assets", "neuron_overlap"}
 GENERALIST = "tiny-base"  # the smoke grid's specialists both continue from it
 
 
@@ -176,3 +178,28 @@ def test_pruning_code_change_reruns_pruning_and_downstream_not_stats(finished_ru
 def test_unrelated_change_reruns_nothing(finished_run, path, text):
     with edited(finished_run / path, text):
         assert plan(finished_run) == []
+
+
+# A module -> the rules whose jobs must rerun when it changes: the rules whose stage imports it (read off
+# the stage modules' imports by hand) and the rules downstream of those (the DAG's meaning). Chosen so each
+# case also names rules that must NOT rerun (the model rules for all of them).
+MODULE_RERUNS = {
+    # only `taskprune bench` imports flops; bench and bench_gather run it; efficiency.parquet feeds both tables
+    "flops": {"bench", "bench_gather", "findings", "figures"},
+    # findings is run by the findings rule and imported by the figures stage
+    "findings": {"findings", "figures"},
+    "figures": {"figures"},
+    # its output is a final target only
+    "bench_generation": {"bench_generation"},
+    # the import graph is the workflow's own tool: no stage imports it
+    "import_graph": set(),
+}
+
+
+@pytest.mark.parametrize("module", sorted(MODULE_RERUNS))
+def test_module_change_reruns_exactly_the_rules_whose_stage_imports_it(finished_run, module):
+    with edited(finished_run / f"src/taskprune/{module}.py", f"\n# a change to {module}\n"):
+        jobs = by_rule(plan(finished_run))
+    assert set(jobs) == MODULE_RERUNS[module], f"editing {module}.py reruns {sorted(jobs)}"
+    if "bench" in jobs:  # every measured variant's benchmark, nothing per evaluation
+        assert len(jobs["bench"]) == 3

@@ -1,50 +1,31 @@
-"""Efficiency benchmarks: parameters, bytes, peak memory and tokens/s of a variant, next to the ideal.
+"""Efficiency benchmarks: parameters, bytes and peak memory of a variant; the engines; the worker processes.
 
 Pruning MLP neurons only pays off if the smaller checkpoint is actually cheaper to run. For one variant
-checkpoint, ``taskprune bench measure`` records its parameters (total and MLP, counted tensors), the bytes
-of its weight files, its peak memory at batch 1, and prefill and decode tokens/s at each configured batch
-size; ``taskprune bench gather`` joins the per-variant files into ``results/bench/efficiency.parquet`` and
-puts the measured speedup over the base model next to the *ideal* one from the shapes (FLOPs per token of
-the base over those of the variant, :mod:`taskprune.flops`) and their ratio
-``realised_fraction = (measured - 1) / (ideal - 1)``.
+checkpoint, ``taskprune bench measure`` records its parameters (total and MLP, counted tensors), the bytes of
+its weight files and its peak memory at batch 1. Throughput is measured per *shape family*, paired and
+interleaved against the base with a CI (``taskprune bench family``, :mod:`taskprune.bench_paired`), and
+``taskprune bench gather`` attaches those rows to every variant they describe in
+``results/bench/efficiency.parquet`` (columns: :data:`CONTRACT_COLUMNS`).
 
 How the numbers are measured:
 
-- **Every measurement runs in a fresh process**: one process per (batch size, phase), so compilation
-  caches and allocator state of one measurement never help another. The processes are forked from a
-  :class:`WorkerServer`, a clean interpreter that has only imported the libraries (so each measurement
-  does not pay ~4 s of interpreter start and imports); ``python -m taskprune.bench _worker SPEC OUT``
-  runs one measurement in a brand-new interpreter instead. Each does ``warmup`` untimed runs, then ``repeats`` timed repeats
-  (each long enough to be above timer noise), and reports the median and inter-quartile range.
+- **Every measurement runs in a fresh process**, forked from a :class:`WorkerServer`, a clean interpreter
+  that has only imported the libraries (so each measurement does not pay ~4 s of interpreter start and
+  imports); ``python -m taskprune.bench _worker SPEC OUT`` runs one measurement in a brand-new interpreter
+  instead.
 - **Peak memory at batch 1**: on CUDA the allocator's peak (``torch.cuda.max_memory_allocated``) over
   loading and one generation; on CPU the peak resident set size (``ru_maxrss``) of a fresh process that
   loads the model and generates, minus that of a fresh process that imports the same libraries and runs
   the same warm-up without a model (median over up to 3 pairs); both reset their peak counter when they
   are forked, so the difference is what the model adds. It is a peak, so it includes loading transients
   such as the memory-mapped pages of the weight file, not just the tensors.
-- **Prefill** tokens/s: ``batch x prompt_tokens / time`` of the forward pass over random prompts (no
-  padding) that fills the KV cache and picks the first token. **Decode** tokens/s:
-  ``batch x new_tokens / time`` of ``new_tokens`` greedy one-token steps after that prefill (untimed).
-- **The generation path** is the same for base and pruned models. ``engine: tight`` (the default for
-  Llama, Qwen2 and Mistral) runs the decoder from the model's own weights with fused q/k/v and gate/up
-  projections, residual adds fused into ``addmm``, a preallocated (static) KV cache and PyTorch's fused
-  attention, so a decode step is ~15 kernel calls per layer, several times fewer than the stock forward
-  (whose per-call overhead swamps small models); the tests check it token for token against greedy
-  decoding with the stock model.
-  ``engine: hf`` runs the stock model forward with a ``StaticCache`` (``bench.static_cache``) and
-  ``torch.compile`` of the decode step (``bench.compile``); it serves every other architecture.
-  The tight engine is not compiled: a compiled prototype of its decode step was about 3x slower on this
-  CPU than eager (probably because the in-place KV-cache writes become copies in the compiled graph);
-  the ``compiled`` column records what was actually used.
-
-Next to the FLOP ideal, rows carry a lower bound on the bytes moved per token (weights once per forward,
-plus the KV cache each decode step reads) and the gather step its ideal ratio ``ideal_speedup_bytes``:
-decoding at batch 32 reads more KV cache than weights at the embedded shapes, and the KV cache does not
-shrink when MLP neurons are pruned, so a bandwidth-bound decode cannot reach the FLOP ideal.
-
-Timings on a shared machine are noisy: rows carry the 1-minute load average when they were taken and a
-CPU-time throughput (``tokens_per_cpu_s``, less sensitive to neighbours than wall time) next to the wall
-time one.
+- **Engines.** The stock transformers forward (:class:`HFEngine`, and :class:`taskprune.bench_paired.StockRunner`
+  for the paired trials) is what users run and decides. :class:`TightEngine` (Llama, Qwen2, Mistral) runs the
+  decoder from the model's own weights with fused q/k/v and gate/up projections, residual adds fused into
+  ``addmm``, a static KV cache and PyTorch's fused attention (~15 kernel calls per layer); the tests check it
+  token for token against greedy decoding with the stock model. It is reported only as an *upper bound* on
+  what a leaner decoder could reach, never as the verdict. ``taskprune bench compare`` and ``profile`` are
+  diagnosis commands over these engines.
 
 Variants of the same shape (uniform allocation: every method, seed and the recovered model at one level)
 cost the same to run, so one measured checkpoint can label several variants (``--label-variant``); the
@@ -80,49 +61,14 @@ WORKER_TIMEOUT_S = 3600  # generous: torch.compile on a loaded CPU takes minutes
 TIGHT_MODEL_TYPES = ("llama", "qwen2", "mistral")
 TIGHT_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # position-independent cos/sin tables
 
-# Columns of results/bench/efficiency.parquet fixed by the contract (the speedups come from `gather`).
+# Columns of results/bench/efficiency.parquet fixed by the contract (written by bench_paired.gather_efficiency).
 CONTRACT_COLUMNS: tuple[str, ...] = (
-    "variant",
-    "model",
-    "method",
-    "level",
-    "level_pct",
-    "seed",
-    "stage",
-    "batch_size",
-    "phase",
-    "params_total",
-    "params_mlp",
-    "bytes_on_disk",
-    "peak_memory_bytes",
-    "tokens_per_s",
-    "tokens_per_s_q1",
-    "tokens_per_s_q3",
-    "ideal_speedup",
-    "measured_speedup",
-    "realised_fraction",
-    "device",
-)
-GATHERED_COLUMNS: tuple[str, ...] = (
-    "ideal_speedup",
-    "measured_speedup",
-    "realised_fraction",
-    "measured_speedup_cpu_time",
-    "realised_fraction_cpu_time",
-    "ideal_speedup_bytes",
-)
-# Settings that must be equal for a variant's row to be compared with a base row.
-SETTING_COLUMNS: tuple[str, ...] = (
-    "device",
-    "batch_size",
-    "phase",
-    "prompt_tokens",
-    "new_tokens",
-    "engine",
-    "compiled",
-    "static_cache",
-    "threads",
-)
+    "shapes", "variant", "measured_variant", "model", "method", "level", "level_pct", "seed", "stage",
+    "batch_size", "phase", "engine", "measured_speedup", "measured_speedup_ci_low", "measured_speedup_ci_high",
+    "ideal_speedup", "ideal_speedup_bytes", "realised_fraction", "realised_fraction_ci_low",
+    "realised_fraction_ci_high", "n_pairs", "noisy", "params_total", "params_mlp", "bytes_on_disk",
+    "peak_memory_bytes", "tokens_per_s", "tokens_per_s_q1", "tokens_per_s_q3", "device",
+)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------- checkpoint facts
@@ -634,6 +580,10 @@ def _worker_main(argv: Sequence[str]) -> int:
         result = _worker_memory(spec)
     elif spec["kind"] == "throughput":
         result = _worker_throughput(spec)
+    elif spec["kind"] == "trial":
+        from taskprune.bench_paired import trial_main
+
+        result = trial_main(spec)
     else:
         raise ValueError(f"unknown worker kind {spec['kind']!r}")
     result["pid"] = os.getpid()
@@ -787,7 +737,8 @@ def measure_variant(
     label_variants: Sequence[str] = (),
     label_checkpoints: Sequence[str] = (),
 ) -> Any:
-    """Measure one checkpoint and return its rows (one per variant label, batch size and phase).
+    """Measure one checkpoint's parameters, bytes on disk and peak memory at batch 1; one row per variant
+    label (throughput is measured per shape family, paired: :mod:`taskprune.bench_paired`).
 
     ``bench`` is a :class:`taskprune.config.BenchConfig`. ``label_variants`` are further variants whose
     rows reuse these measurements (same shapes); with ``label_checkpoints`` (same length) their shapes are
@@ -795,13 +746,7 @@ def measure_variant(
     """
     import polars as pl
 
-    from taskprune.flops import (
-        decode_bytes_per_token,
-        decode_flops_per_token,
-        param_counts,
-        prefill_bytes_per_token,
-        prefill_flops_per_token,
-    )
+    from taskprune.flops import param_counts
 
     if label_checkpoints and len(label_checkpoints) != len(label_variants):
         raise DataError(
@@ -860,71 +805,19 @@ def measure_variant(
             log.info("%s: peak memory (batch 1) %.2f MiB net of baseline", variant, nets[-1] / 2**20)
         peak = int(sorted(nets)[len(nets) // 2])
 
-        rows = []
-        for batch in bench.batch_sizes:
-            for phase in PHASES:
-                spec = {**common, "kind": "throughput", "batch_size": batch, "phase": phase}
-                res = _run_worker(spec, workdir, f"{phase}-b{batch}", server)
-                log.info(
-                    "%s: %s batch %d: %.0f tokens/s (IQR %.0f-%.0f, %s engine, load %.1f)",
-                    variant,
-                    phase,
-                    batch,
-                    res["tokens_per_s"],
-                    res["tokens_per_s_q1"],
-                    res["tokens_per_s_q3"],
-                    res["engine"],
-                    res["load_avg_1m"],
-                )
-                if phase == "prefill":
-                    flops = prefill_flops_per_token(shape, bench.prompt_tokens, logits_positions=1)
-                    traffic = prefill_bytes_per_token(shape, batch, bench.prompt_tokens, res["dtype_bytes"])
-                else:
-                    flops = decode_flops_per_token(shape, bench.prompt_tokens, bench.new_tokens)
-                    traffic = decode_bytes_per_token(
-                        shape, batch, bench.prompt_tokens, bench.new_tokens, res["dtype_bytes"]
-                    )
-                rows.append(
-                    {
-                        "batch_size": batch,
-                        "phase": phase,
-                        "params_total": counts.total,
-                        "params_mlp": counts.mlp,
-                        "peak_memory_bytes": peak,
-                        "tokens_per_s": res["tokens_per_s"],
-                        "tokens_per_s_q1": res["tokens_per_s_q1"],
-                        "tokens_per_s_q3": res["tokens_per_s_q3"],
-                        "tokens_per_cpu_s": res["tokens_per_cpu_s"],
-                        "tokens_per_s_repeats": res["tokens_per_s_repeats"],
-                        "flops_per_token": float(flops),
-                        "bytes_per_token": float(traffic),
-                        "mlp_widths": list(shape.mlp_widths),
-                        "device": res["device"],
-                        "device_name": res["device_name"],
-                        "engine": res["engine"],
-                        "compiled": res["compiled"],
-                        "static_cache": bool(bench.static_cache) or res["engine"] == "tight",
-                        "threads": int(res["threads"]),
-                        "prompt_tokens": bench.prompt_tokens,
-                        "new_tokens": bench.new_tokens,
-                        "warmup": bench.warmup,
-                        "repeats": bench.repeats,
-                        "runs_per_repeat": res["runs_per_repeat"],
-                        "load_avg_1m": res["load_avg_1m"],
-                        "torch_version": res["torch_version"],
-                        "measured_variant": measured["variant"],
-                    }
-                )
+    device_name = model_info.get("device", device)
     out = []
     for fields in labels:
-        for row in rows:
-            out.append(
-                {**fields, **row, "bytes_on_disk": disk.get(fields["variant"], disk[measured["variant"]])}
-            )
+        out.append({
+            **fields, "params_total": counts.total, "params_mlp": counts.mlp,
+            "bytes_on_disk": disk.get(fields["variant"], disk[measured["variant"]]), "peak_memory_bytes": peak,
+            "mlp_widths": list(shape.mlp_widths), "device": device_name, "measured_variant": measured["variant"],
+        })  # fmt: skip
     return pl.DataFrame(out, schema_overrides=_schema()).select(_per_variant_order())
 
 
 def _schema() -> dict[str, Any]:
+    """Columns of a per-variant file (``bench measure``): identity, parameters, bytes and peak memory."""
     import polars as pl
 
     return {
@@ -935,116 +828,18 @@ def _schema() -> dict[str, Any]:
         "level_pct": pl.Float64,
         "seed": pl.Int64,
         "stage": pl.String,
-        "batch_size": pl.Int64,
-        "phase": pl.String,
         "params_total": pl.Int64,
         "params_mlp": pl.Int64,
         "bytes_on_disk": pl.Int64,
         "peak_memory_bytes": pl.Int64,
-        "tokens_per_s": pl.Float64,
-        "tokens_per_s_q1": pl.Float64,
-        "tokens_per_s_q3": pl.Float64,
-        "tokens_per_cpu_s": pl.Float64,
-        "tokens_per_s_repeats": pl.List(pl.Float64),
-        "flops_per_token": pl.Float64,
-        "bytes_per_token": pl.Float64,
         "mlp_widths": pl.List(pl.Int64),
         "device": pl.String,
-        "device_name": pl.String,
-        "engine": pl.String,
-        "compiled": pl.Boolean,
-        "static_cache": pl.Boolean,
-        "threads": pl.Int64,
-        "prompt_tokens": pl.Int64,
-        "new_tokens": pl.Int64,
-        "warmup": pl.Int64,
-        "repeats": pl.Int64,
-        "runs_per_repeat": pl.Int64,
-        "load_avg_1m": pl.Float64,
-        "torch_version": pl.String,
         "measured_variant": pl.String,
     }
 
 
 def _per_variant_order() -> list[str]:
     return list(_schema())
-
-
-# ------------------------------------------------------------------------------------- gather
-
-
-def gather(paths: Sequence[str | os.PathLike[str]]) -> Any:
-    """Join per-variant benchmark files and add speedups against each model's base rows.
-
-    ``ideal_speedup = flops_per_token(base) / flops_per_token(variant)``, ``measured_speedup =
-    tokens_per_s(variant) / tokens_per_s(base)`` at the same device, batch size, phase and settings, and
-    ``realised_fraction = (measured - 1) / (ideal - 1)`` (null where the ideal is 1, e.g. the base itself).
-    The ``*_cpu_time`` twins use CPU-time throughput instead (CPU only); ``ideal_speedup_bytes`` is the
-    base/variant ratio of the memory-traffic lower bound (:func:`taskprune.flops.decode_bytes_per_token`),
-    the ideal of a bandwidth-bound phase.
-    """
-    import polars as pl
-
-    from taskprune.io import read_parquet
-
-    if not paths:
-        raise DataError("bench gather: no per-variant benchmark files given")
-    frames = [
-        read_parquet(p, required=_per_variant_order(), what="per-variant benchmark file") for p in paths
-    ]
-    df = pl.concat([f.select(_per_variant_order()) for f in frames], how="vertical_relaxed")
-    dup = (
-        df.group_by(["variant", "batch_size", "phase", "device"])
-        .len()
-        .filter(pl.col("len") > 1)
-        .sort(["variant", "batch_size", "phase"])
-    )
-    if dup.height:
-        first = dup.row(0, named=True)
-        raise DataError(
-            f"bench gather: variant '{first['variant']}' has {first['len']} rows for batch {first['batch_size']} "
-            f"{first['phase']} on {first['device']} (given twice?)"
-        )
-    keys = ["model", *SETTING_COLUMNS]
-    base = df.filter(pl.col("stage") == "base").select(
-        *keys,
-        pl.col("tokens_per_s").alias("_base_tps"),
-        pl.col("tokens_per_cpu_s").alias("_base_cpu_tps"),
-        pl.col("flops_per_token").alias("_base_flops"),
-        pl.col("bytes_per_token").alias("_base_bytes"),
-    )
-    joined = df.join(base, on=keys, how="left", nulls_equal=True)
-    missing = joined.filter(pl.col("_base_tps").is_null())
-    if missing.height:
-        row = missing.row(0, named=True)
-        settings = ", ".join(f"{k}={row[k]}" for k in SETTING_COLUMNS)
-        raise DataError(
-            f"bench gather: no base row for model '{row['model']}' with the settings of '{row['variant']}' "
-            f"({settings}); benchmark {row['model']}/base with the same settings"
-        )
-
-    def realised(measured: pl.Expr, ideal: pl.Expr) -> pl.Expr:
-        return pl.when((ideal - 1).abs() > 1e-12).then((measured - 1) / (ideal - 1)).otherwise(None)
-
-    ideal = pl.col("_base_flops") / pl.col("flops_per_token")
-    measured = pl.col("tokens_per_s") / pl.col("_base_tps")
-    measured_cpu = pl.col("tokens_per_cpu_s") / pl.col("_base_cpu_tps")
-    out = joined.with_columns(
-        ideal.alias("ideal_speedup"),
-        (pl.col("_base_bytes") / pl.col("bytes_per_token")).alias("ideal_speedup_bytes"),
-        measured.alias("measured_speedup"),
-        measured_cpu.alias("measured_speedup_cpu_time"),
-    ).with_columns(
-        realised(pl.col("measured_speedup"), pl.col("ideal_speedup")).alias("realised_fraction"),
-        realised(pl.col("measured_speedup_cpu_time"), pl.col("ideal_speedup")).alias(
-            "realised_fraction_cpu_time"
-        ),
-    )
-    order = [c for c in CONTRACT_COLUMNS if c in out.columns]
-    rest = [c for c in out.columns if c not in order and not c.startswith("_")]
-    return out.select(order + rest).sort(
-        ["model", "stage", "method", "level_pct", "seed", "batch_size", "phase"]
-    )
 
 
 # ------------------------------------------------------------------------------- paired compare
@@ -1222,12 +1017,12 @@ def add_arguments(parser: Any) -> None:
 
     from taskprune.config import add_config_arguments
 
-    sub = parser.add_subparsers(dest="action", required=True, metavar="{measure,gather,profile,compare}")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="{measure,family,gather,profile,compare}")
     measure = sub.add_parser(
         "measure",
-        help="benchmark one variant checkpoint into a per-variant Parquet",
-        description="Benchmark one variant checkpoint (each measurement in a fresh process) into a per-variant "
-        "Parquet of rows: one per (variant, batch size, phase).",
+        help="parameters, bytes on disk and peak memory of one variant checkpoint (per-variant Parquet)",
+        description="Measure one variant checkpoint's parameters, bytes on disk and peak memory at batch 1 (fresh "
+        "processes) into a per-variant Parquet: one row per variant it labels. Throughput: 'bench family'.",
     )
     measure.add_argument("--checkpoint", required=True, help="the checkpoint directory to measure")
     measure.add_argument(
@@ -1260,12 +1055,22 @@ def add_arguments(parser: Any) -> None:
     add_config_arguments(measure)
     gather_p = sub.add_parser(
         "gather",
-        help="join per-variant files into efficiency.parquet with speedups against the base",
-        description="Join per-variant benchmark files into one table with ideal and measured speedups "
-        "against each model's base rows.",
+        help="join shape-family and per-variant files into efficiency.parquet",
+        description="Attach every shape family's paired speedups to the variants it describes, with their "
+        "parameters, bytes and peak memory.",
     )
-    gather_p.add_argument("inputs", nargs="+", help="per-variant Parquet files from 'bench measure'")
+    gather_p.add_argument("inputs", nargs="*", help="per-variant Parquet files from 'bench measure'")
+    gather_p.add_argument("--families", nargs="+", required=True, help="shape-family files from 'bench family'")
     gather_p.add_argument("--output", required=True, help="e.g. results/bench/efficiency.parquet")
+    fam = sub.add_parser(
+        "family",
+        help="paired, interleaved throughput of one shape family (base vs every level, fresh process per trial)",
+        description="Measure a shape family's base and pruned levels in alternating fresh-process trials and "
+        "write one row per (level, engine, batch size, phase) with the median paired speedup and its CI.",
+    )
+    fam.add_argument("--plan", required=True, help="the family plan as JSON (taskprune.bench_paired.FamilyPlan)")
+    fam.add_argument("--output", required=True, help="e.g. results/bench/families/tiny.parquet")
+    fam.add_argument("--trials", help="optional Parquet of every trial's timings")
     prof = sub.add_parser(
         "profile",
         help="print where the time of one benchmarked phase goes (torch.profiler, diagnosis only)",
@@ -1293,7 +1098,7 @@ def add_arguments(parser: Any) -> None:
     comp.add_argument("--engine", choices=["auto", "tight", "hf"], default="auto")
     comp.add_argument("--output", help="optional Parquet of the per-round measurements")
     add_config_arguments(comp)
-    for p in (measure, gather_p, prof, comp):  # accept the global flags after the action too
+    for p in (measure, fam, gather_p, prof, comp):  # accept the global flags after the action too
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
         p.add_argument(
             "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
@@ -1305,8 +1110,30 @@ def run(args: Any) -> int:
     from taskprune.io import write_parquet
 
     if args.action == "gather":
-        table = gather(args.inputs)
-        write_parquet(table, args.output, metadata={"inputs": [str(p) for p in args.inputs]})
+        from taskprune.bench_paired import gather_efficiency
+
+        table = gather_efficiency(args.inputs, args.families)
+        from taskprune.io import read_parquet_metadata
+
+        # each family file's own record of how it was measured
+        methods = {str(p): read_parquet_metadata(p).get("measurement") for p in args.families}
+        write_parquet(table, args.output, metadata={"inputs": [str(p) for p in args.inputs],
+                                                    "families": [str(p) for p in args.families],
+                                                    "measurement": methods})  # fmt: skip
+        log.info("wrote %d rows to %s", table.height, args.output)
+        return 0
+    if args.action == "family":
+        from taskprune.bench_paired import FamilyPlan, method_metadata, run_family
+
+        try:
+            plan = FamilyPlan(**json.loads(args.plan))
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"--plan: not a family plan ({exc})") from None
+        trials, table = run_family(plan)
+        meta = {"measurement": method_metadata(plan)}
+        if args.trials:
+            write_parquet(trials, args.trials, metadata=meta)
+        write_parquet(table, args.output, metadata=meta)
         log.info("wrote %d rows to %s", table.height, args.output)
         return 0
     options = stage_options(args, {"bench": BenchConfig, "device": "auto"})

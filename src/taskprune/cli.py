@@ -80,6 +80,21 @@ def _stage_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
     return parser, module
 
 
+def resource_usage() -> str:
+    """This process's CPU time and peak memory, its subprocesses' included (e.g. the code sandbox).
+
+    Every stage logs it at the end, so a job's log says what the job used also where Snakemake's
+    ``benchmark:`` cannot see it (a job forked from the warm worker runs outside the job's process tree).
+    """
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    peak_mb = max(own.ru_maxrss, children.ru_maxrss) / 1024  # Linux: KiB
+    forked = ", forked from the warm worker: RSS includes its shared pages" if os.environ.get("TASKPRUNE_FORKED") else ""
+    return f"resources: cpu_time={cpu_s:.2f} s, max_rss={peak_mb:.0f} MB (peak of one process{forked})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from taskprune.errors import TaskpruneError
 
@@ -93,11 +108,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         top.parse_args(args_list)  # argparse prints "invalid choice" with the list and exits 2
         return 2
     debug = "--debug" in args_list
+    if not sys.stderr.isatty():  # a log file: no library progress bars either (ours print plain lines)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # also transformers' own bars
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        if "transformers" in sys.modules:  # imported before the variable was set (the warm worker)
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
     try:
         parser, module = _stage_parser(name)
         args = parser.parse_args(args_list[1:])
         _setup_logging(args.verbose)
         rc = module.run(args)  # type: ignore[attr-defined]
+        logging.getLogger("taskprune").info("%s: %s", name, resource_usage())
         return int(rc or 0)
     except TaskpruneError as exc:
         if debug:

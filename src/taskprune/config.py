@@ -11,6 +11,7 @@ Sections are separate models so that Snakemake rules can pass only the section a
 from __future__ import annotations
 
 import difflib
+import json
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -281,8 +282,8 @@ class RecoveryTaskConfig(_Strict):
 
 
 def _check_recipes(names: list[str], key: str) -> list[str]:
-    """Every name must be a registered recovery recipe (``taskprune.recover.RECIPES``), listed once."""
-    from taskprune.recover import RECIPES  # lazy: recover imports this module
+    """Every name must be a registered recovery recipe (``taskprune.recipes.RECIPES``), listed once."""
+    from taskprune.recipes import RECIPES
 
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
@@ -327,7 +328,7 @@ class DistillationConfig(_Strict):
 
 class RecoveryConfig(_Strict):
     enabled: bool = True
-    #: named recovery recipes (``taskprune.recover.RECIPES``); ``lora`` is the paper's
+    #: named recovery recipes (``taskprune.recipes.RECIPES``); ``lora`` is the paper's
     methods: list[str] = Field(default_factory=lambda: ["lora"])
     distillation: DistillationConfig = Field(default_factory=DistillationConfig)
     variants: list[RecoverySelection] = Field(
@@ -426,6 +427,47 @@ class HarnessConfig(_Strict):
     )
 
 
+BenchPhase = Literal["prefill", "decode"]
+# architecture numbers of a bench.shapes entry (the rest of its keys are measurement settings)
+SHAPE_NUMBER_KEYS: tuple[str, ...] = (
+    "model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "vocab_size", "tie_word_embeddings", "max_position_embeddings",
+)  # fmt: skip
+
+
+class ShapeFamilyConfig(_Strict):
+    """A shape family benchmarked from its numbers: a stock transformers model with random weights, pruned
+    at the levels by the pipeline's uniform rule (``taskprune.bench_paired``). Unset settings fall back to
+    the ``bench`` section's."""
+
+    model_type: Literal["llama", "qwen2"] = "llama"
+    hidden_size: int = Field(ge=8)
+    intermediate_size: int = Field(ge=8)
+    num_hidden_layers: int = Field(ge=1)
+    num_attention_heads: int = Field(ge=1)
+    num_key_value_heads: int = Field(ge=1)
+    vocab_size: int = Field(ge=2)
+    tie_word_embeddings: bool = True
+    max_position_embeddings: int = Field(4096, ge=16)
+    measured_layers: int | None = Field(None, ge=1, description="build this many decoder layers and compose "
+                                        "the full-depth time (None: time the full depth)")
+    levels: list[float] | None = None
+    batch_sizes: list[int] | None = None
+    phases: list[BenchPhase] | None = None
+    prompt_tokens: int | None = Field(None, ge=1)
+    new_tokens: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ShapeFamilyConfig:
+        if self.hidden_size % self.num_attention_heads or self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("hidden_size must be divisible by num_attention_heads, and that by num_key_value_heads")
+        if self.measured_layers is not None and self.measured_layers > self.num_hidden_layers:
+            raise ValueError(f"measured_layers {self.measured_layers} exceeds num_hidden_layers {self.num_hidden_layers}")
+        if self.batch_sizes is not None and (not self.batch_sizes or min(self.batch_sizes) < 1):
+            raise ValueError(f"batch_sizes must be positive integers, got {self.batch_sizes}")
+        return self
+
+
 class BenchConfig(_Strict):
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 32])
     prompt_tokens: int = Field(64, ge=1)
@@ -435,6 +477,15 @@ class BenchConfig(_Strict):
     static_cache: bool = True
     compile: bool = True
     threads: int | None = None
+    # paired throughput of shape families (taskprune.bench_paired)
+    shapes: dict[str, ShapeFamilyConfig] = Field(default_factory=dict, description="shape families built from "
+                                                 "numbers; empty: the run's own checkpoints")
+    levels: list[float] | None = Field(None, description="pruning levels timed (default: all configured)")
+    phases: list[BenchPhase] = Field(default_factory=lambda: ["prefill", "decode"])
+    engines: list[Literal["stock", "tight"]] = Field(default_factory=lambda: ["stock"],
+                                                     description="stock decides; tight is an upper bound")
+    pairs: int = Field(7, ge=1, description="interleaved base/variant rounds (< 7: every row is noisy)")
+    min_repeat_s: float = Field(0.05, ge=0, description="a timed repeat loops the run until it lasts this long")
     # pipeline benchmarks (results/bench/stats_collection.parquet and generation.parquet)
     stats_prompts: int = Field(1000, ge=1, description="prompts per statistics-collection throughput pass")
     stats_memory_prompts: list[int] = Field(default_factory=lambda: [1000, 4000])
@@ -501,6 +552,12 @@ class Config(_Strict):
             for t in g.training.mix:
                 if t not in self.tasks:
                     raise ValueError(f"generalists.{name}.training.mix: '{t}' is not a task (tasks: {', '.join(self.tasks)})")
+
+        if self.bench.levels is not None and not self.bench.shapes:
+            configured = {format_level(x) for m in self.models for x in self.levels_for(m)}
+            extra = [format_level(x) for x in self.bench.levels if format_level(x) not in configured]
+            if extra:
+                raise ValueError(f"bench.levels {extra} are not pruning levels of any model ({sorted(configured)})")
         for method in self.pruning.methods:
             _, score = parse_method(method)
             if score != "random" and score not in self.scores.methods:
@@ -592,6 +649,9 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
     for section in ("models", "tasks", "generalists"):
         if isinstance(raw.get(section), dict):
             raw[section] = {k: v for k, v in raw[section].items() if v is not None}
+    bench = raw.get("bench")
+    if isinstance(bench, dict) and isinstance(bench.get("shapes"), dict):  # bench.shapes entries drop the same way
+        raw["bench"] = {**bench, "shapes": {k: v for k, v in bench["shapes"].items() if v is not None}}
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
@@ -649,9 +709,10 @@ def add_config_arguments(parser: Any) -> None:
     group = parser.add_argument_group("configuration")
     group.add_argument(
         "--options",
-        metavar="JSON",
-        help="JSON object of the config sections this stage uses, e.g. '{\"stats\": {\"token_budget\": 4096}}' "
-        "(what the Snakemake rules pass); unspecified keys take their defaults",
+        metavar="JSON|@FILE",
+        help="JSON object of the config sections this stage uses, e.g. '{\"stats\": {\"token_budget\": 4096}}', "
+        "or @FILE holding one (the Snakemake rules pass .snakemake/taskprune/options/<sections>-<hash>.json); unspecified "
+        "keys take their defaults",
     )
     group.add_argument(
         "--config",
@@ -661,6 +722,26 @@ def add_config_arguments(parser: Any) -> None:
     )
 
 
+def read_options(text: str | None) -> tuple[dict[str, Any], str]:
+    """The JSON object of config sections a stage's ``--options`` names, inline or as ``@FILE`` (what the
+    Snakemake rules pass), and how to name it in an error: ``(sections, source)``."""
+    text = text or "{}"
+    source = "--options"
+    if text.startswith("@"):
+        source = f"--options {text}"
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read the options file ({exc.strerror})") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{source}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a JSON object of config sections")
+    return raw, source
+
+
 def stage_options(args: Any, sections: dict[str, type[BaseModel] | Any], model: str | None = None) -> Any:
     """Validate the sections a stage needs and return them as attributes of a namespace.
 
@@ -668,7 +749,6 @@ def stage_options(args: Any, sections: dict[str, type[BaseModel] | Any], model: 
     as ``device``). With ``--config FILE``, sections are read from the validated whole config; the special
     section ``model`` is ``config.models[model]`` and ``task`` is the model's target task config.
     """
-    import json
     from types import SimpleNamespace
 
     values: dict[str, Any] = {}
@@ -682,21 +762,14 @@ def stage_options(args: Any, sections: dict[str, type[BaseModel] | Any], model: 
         raw = data
         source = ", ".join(args.config)
     else:
-        text = getattr(args, "options", None) or "{}"
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--options: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError("--options: expected a JSON object of config sections")
+        raw, source = read_options(getattr(args, "options", None))
         unknown = [k for k in raw if k not in sections]
         if unknown:
             guess = difflib.get_close_matches(unknown[0], list(sections), n=1)
             hint = f"; did you mean '{guess[0]}'?" if guess else ""
             raise ConfigError(
-                f"--options: unknown section '{unknown[0]}'{hint} (this stage uses: {', '.join(sections)})"
+                f"{source}: unknown section '{unknown[0]}'{hint} (this stage uses: {', '.join(sections)})"
             )
-        source = "--options"
     for name, spec in sections.items():
         if isinstance(spec, type) and issubclass(spec, BaseModel):
             if name not in raw and spec in (ModelConfig, TaskConfig):

@@ -59,6 +59,8 @@ from taskprune.metric_names import (
     FINAL_ANSWER_NUMERIC_MATCH,
     FORMATTED_ANSWER_MATCH,
     HEADLINE_METRIC,
+    MATH_VERIFY_HEADLINE_COLUMN,
+    RETENTION_HEADLINE_METRIC,
 )
 
 logger = logging.getLogger(__name__)
@@ -432,19 +434,6 @@ def get_embedder(device: str = "cpu") -> SentenceEmbedder:
 
 Z95 = 1.959963984540054
 
-#: The math headline metric (flexible exact match of the final number) and the per-item column it averages.
-#: Every other module names the math headline through these constants (the per-item table, the findings).
-MATH_HEADLINE_METRIC = FINAL_ANSWER_NUMERIC_MATCH
-MATH_HEADLINE_COLUMN = "correct_numeric"
-#: With ``evaluation.math_verify`` on, math-verify's verdict is the headline instead (metric, per-item column).
-MATH_VERIFY_HEADLINE_METRIC = FINAL_ANSWER_MATH_VERIFY
-MATH_VERIFY_HEADLINE_COLUMN = "correct_math_verify"
-#: The code headline metric: an item's pass@1 estimate (the share of its samples that passed).
-CODE_HEADLINE_METRIC = "pass@1"
-CODE_HEADLINE_COLUMN = "correct"
-#: The retention similarity of distractor answers to the base model's answers used as the headline.
-RETENTION_HEADLINE_METRIC = "retention_token_f1"
-RETENTION_HEADLINE_COLUMN = "token_f1"
 
 
 def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:

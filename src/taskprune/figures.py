@@ -262,7 +262,7 @@ class Results:
         names another (so two recipes never mix in one curve)."""
         import polars as pl
 
-        from taskprune.recover import PAPER_RECIPE
+        from taskprune.recipes import PAPER_RECIPE
 
         cond = (pl.col("model") == model) & (pl.col("metric") == metric) & (pl.col("stage") == stage)
         if stage == "recovered":
@@ -284,7 +284,7 @@ class Results:
         """Recovery recipes with recovered rows of ``model`` and ``method`` (registry order)."""
         import polars as pl
 
-        from taskprune.recover import RECIPES
+        from taskprune.recipes import RECIPES
 
         m = self.metrics.filter((pl.col("model") == model) & (pl.col("method") == method)
                                 & (pl.col("stage") == "recovered"))  # fmt: skip
@@ -644,11 +644,83 @@ def _bench_method(eff: pl.DataFrame, model: str) -> tuple[pl.DataFrame, pl.DataF
     return base, pruned.filter(pl.col("seed") == pruned["seed"].min()), method
 
 
+def _family_rows(eff: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
+    """One (shape family, its rows for one model) per family: shape-identical models share one row of
+    panels (their throughput is the same measurement)."""
+    import polars as pl
+
+    if "shapes" not in eff.columns:  # an older table: one family per model
+        return [(m, eff.filter(pl.col("model") == m)) for m in sorted(eff["model"].unique().to_list())]
+    out = []
+    for fam in sorted(eff["shapes"].drop_nulls().unique().to_list()):
+        rows = eff.filter(pl.col("shapes") == fam)
+        model = sorted(rows["model"].unique().to_list())[0]
+        out.append((fam, rows.filter(pl.col("model") == model)))
+    return out
+
+
+BYTES_IDEAL_STYLE: dict[str, Any] = {"color": "#8e44ad", "linestyle": ":", "linewidth": 1.4, "zorder": 3}
+
+
+def _throughput_panel(ax: Axes, rows: pl.DataFrame, palette: dict[int, Any]) -> str:
+    """Decode speedup over the base per batch size: paired median with its 95% CI (hollow: noisy), next to
+    the FLOP ideal (dashed) and the byte ideal (dotted); the stock engine solid, ``tight`` (an upper bound)
+    faded. Returns the engines drawn, for the title."""
+    import polars as pl
+
+    if "measured_speedup" not in rows.columns:
+        _empty(ax, "no paired speedups in the table")
+        return ""
+    dec = rows.filter((pl.col("phase") == "decode") & pl.col("measured_speedup").is_not_null())
+    if dec.height == 0:
+        _empty(ax, "no decode benchmark")
+        return ""
+    # an older table without the paired columns: no interval, engine unnamed
+    defaults = {"engine": pl.lit("unnamed"), "measured_speedup_ci_low": pl.col("measured_speedup"),
+                "measured_speedup_ci_high": pl.col("measured_speedup"), "noisy": pl.lit(False),
+                "ideal_speedup_bytes": pl.lit(None, dtype=pl.Float64)}  # fmt: skip
+    dec = dec.with_columns(**{k: v for k, v in defaults.items() if k not in dec.columns})
+    engines = [e for e in ("stock", "tight", "unnamed") if e in set(dec["engine"].to_list())]
+    batches = sorted(int(b) for b in dec["batch_size"].unique().to_list())
+    span = max(1.0, float(dec["level_pct"].max()))
+    for e_i, engine in enumerate(engines):
+        for b_i, bs in enumerate(batches):
+            d = dec.filter((pl.col("engine") == engine) & (pl.col("batch_size") == bs)).sort("level_pct").to_pandas()
+            if d.empty:
+                continue
+            x = d["level_pct"] + (b_i - (len(batches) - 1) / 2) * 0.012 * span  # side by side per level
+            color = palette.get(bs, "C0")
+            yerr = [(d["measured_speedup"] - d["measured_speedup_ci_low"]).clip(lower=0),
+                    (d["measured_speedup_ci_high"] - d["measured_speedup"]).clip(lower=0)]  # fmt: skip
+            base_tps = d.loc[d["level_pct"] == 0, "tokens_per_s"]
+            label = f"{engine}{' (upper bound)' if engine == 'tight' else ''}, batch {bs}"
+            if not base_tps.empty:
+                label += f" (base {float(base_tps.iloc[0]):,.0f} tok/s)"
+            ax.errorbar(x, d["measured_speedup"], yerr=yerr, fmt="o-" if engine == "stock" else "s--", color=color,
+                        capsize=3, markersize=5, alpha=1.0 if engine == "stock" else 0.45, label=label)  # fmt: skip
+            noisy = d[d["noisy"].fillna(False).astype(bool) & (d["level_pct"] > 0)]
+            if not noisy.empty:
+                ax.scatter(x[noisy.index], noisy["measured_speedup"], s=60, facecolors="white", edgecolors=color,
+                           zorder=4, label="_nolegend_")  # fmt: skip
+            if e_i == 0:
+                ax.plot(x, d["ideal_speedup"], **{**IDEAL_STYLE, "color": color}, label="_nolegend_")
+                if d["ideal_speedup_bytes"].notna().any():
+                    ax.plot(x, d["ideal_speedup_bytes"], **{**BYTES_IDEAL_STYLE, "color": color}, label="_nolegend_")
+    ax.plot([], [], **{**IDEAL_STYLE, "color": "grey"}, label="ideal: FLOP ratio base / variant")
+    ax.plot([], [], **{**BYTES_IDEAL_STYLE, "color": "grey"}, label="ideal: byte ratio (bandwidth-bound)")
+    ax.scatter([], [], s=60, facecolors="white", edgecolors="grey", label="noisy (no verdict)")
+    ax.axhline(1.0, color="black", linestyle=":", linewidth=1)
+    ax.set_ylabel("decode speedup over base (x)")
+    ax.legend(fontsize=7, loc="upper left", frameon=True, framealpha=0.8)
+    return ", ".join(engines)
+
+
 def fig_efficiency(res: Results) -> Figure:
-    """Parameters, peak memory and decode throughput vs level: measured (solid) next to ideal (dashed).
+    """One row per shape family: parameters, peak memory and the paired decode speedup vs level.
 
     Ideal lines: parameters = base - level/100 x base MLP parameters; peak memory = base peak - weight bytes
-    removed (bytes on disk); decode speedup = the FLOP ratio of base to variant (``ideal_speedup``).
+    removed (bytes on disk); decode speedup = the FLOP ratio (dashed) and the byte ratio (dotted) of base to
+    variant. Measured speedups are medians of paired base/variant ratios with their bootstrap 95% CI.
     """
     import polars as pl
     import seaborn as sns
@@ -659,13 +731,17 @@ def fig_efficiency(res: Results) -> Figure:
         _empty(axes[0][0], "no efficiency table (--efficiency)")
         _finish(fig, "Efficiency of the pruned checkpoints")
         return fig
-    fig, axes = _subplots(len(res.models), 3, (15, 3.3 * len(res.models) + 2.4))
-    batches = sorted(int(b) for b in eff.filter(pl.col("phase") == "decode")["batch_size"].unique().to_list())
+    families = _family_rows(eff)
+    fig, axes = _subplots(len(families), 3, (15, 3.6 * len(families) + 2.4))
+    batches = sorted(int(b) for b in eff.filter(pl.col("phase") == "decode")["batch_size"].drop_nulls().unique().to_list())
     palette = dict(zip(batches, sns.color_palette("viridis", max(1, len(batches))), strict=False))
-    for i, model in enumerate(res.models):
-        base, pruned, method = _bench_method(eff, model)
+    for i, (family, fam_rows) in enumerate(families):
+        model = str(fam_rows["model"][0])
+        base, pruned, method = _bench_method(fam_rows, model)
+        models = sorted(eff.filter(pl.col("shapes") == family)["model"].unique().to_list()) if "shapes" in eff.columns else [model]
+        who = f"{family} ({', '.join(models)})" if models != [family] else family
         if base.height == 0 or pruned.height == 0:
-            _empty(axes[i][0], f"{model}: no {'base' if base.height == 0 else 'pruned'} benchmark")
+            _empty(axes[i][0], f"{who}: no {'base' if base.height == 0 else 'pruned'} benchmark")
             _empty(axes[i][1], "")
             _empty(axes[i][2], "")
             continue
@@ -691,7 +767,7 @@ def fig_efficiency(res: Results) -> Figure:
         ax.annotate(f"{top['params_total'] / b0['params_total'] - 1:+.1%}", (top["level_pct"], top["params_total"] / 1e6),
                     textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)  # fmt: skip
         ax.set_ylabel("parameters (millions)")
-        ax.set_title(f"{model}: parameters", fontsize=10)
+        ax.set_title(f"{who}: parameters", fontsize=10)
         ax.set_ylim(bottom=0)
 
         # (b) peak memory, y not from zero so that a few % are visible; the change is annotated.
@@ -706,38 +782,23 @@ def fig_efficiency(res: Results) -> Figure:
                         textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)  # fmt: skip
             ax.set_ylabel("peak memory (MiB)")
         else:
-            _empty(ax, "peak memory not measured")
-        ax.set_title(f"{model}: peak memory at batch 1", fontsize=10)
+            _empty(ax, "peak memory not measured (shapes built from numbers)")
+        ax.set_title(f"{who}: peak memory at batch 1", fontsize=10)
 
-        # (c) decode tokens/s relative to the base, per batch size (IQR error bars), next to the ideal.
+        # (c) paired decode speedup per batch size, with its CI, next to the FLOP and byte ideals.
         ax = axes[i][2]
-        dec = both.filter(pl.col("phase") == "decode").sort("batch_size", "level_pct").to_pandas()
-        if dec.empty:
-            _empty(ax, "no decode benchmark")
-        else:
-            for bs in sorted(dec["batch_size"].unique()):
-                d = dec[dec["batch_size"] == bs].sort_values("level_pct")
-                b = d[d["level_pct"] == 0]
-                if b.empty:
-                    continue
-                ref = float(b["tokens_per_s"].iloc[0])
-                color = palette.get(int(bs), "C0")
-                yerr = [((d["tokens_per_s"] - d["tokens_per_s_q1"]) / ref).clip(lower=0),
-                        ((d["tokens_per_s_q3"] - d["tokens_per_s"]) / ref).clip(lower=0)]  # fmt: skip
-                ax.errorbar(d["level_pct"], d["tokens_per_s"] / ref, yerr=yerr, fmt="o-", color=color, capsize=2,
-                            markersize=4, label=f"measured, batch {bs} (base {ref:,.0f} tokens/s)")  # fmt: skip
-                if "ideal_speedup" in d and d["ideal_speedup"].notna().all():
-                    first = "ideal: FLOP ratio base / variant" not in ax.get_legend_handles_labels()[1]
-                    ax.plot(d["level_pct"], d["ideal_speedup"], **IDEAL_STYLE,
-                            label="ideal: FLOP ratio base / variant" if first else "_nolegend_")  # fmt: skip
-            ax.axhline(1.0, color="black", linestyle=":", linewidth=1)
-            ax.set_ylabel("decode tokens/s relative to base (x)")
-            ax.legend(fontsize=7, loc="upper left", frameon=True, framealpha=0.8)
-        ax.set_title(f"{model}: decode throughput (median, IQR)", fontsize=10)
+        engines = _throughput_panel(ax, both, palette)
+        method_note = ""
+        if "timing_method" in both.columns and "composed" in set(both["timing_method"].drop_nulls().to_list()):
+            method_note = ", composed depth"
+        ax.set_title(f"{family}: decode speedup, paired median + 95% CI ({engines or 'no'} engine{method_note})",
+                     fontsize=9)  # fmt: skip
         for ax in axes[i]:
             if ax.has_data():
                 ax.set_xlabel("pruning level (% of MLP neurons removed)", fontsize=9)
-                _level_ticks(ax, [(0.0, "0 (base)"), *res.level_ticks(model)])
+                ticks = res.level_ticks(model) if model in res.models else [
+                    (float(v), f"{float(v):g}") for v in sorted(set(both["level_pct"].to_list())) if v > 0]
+                _level_ticks(ax, [(0.0, "0 (base)"), *ticks])
     # Legends of the parameter and memory columns under the bottom row (throughput has one per panel).
     for ax in axes[-1][:2]:
         handles: dict[str, Any] = {}
@@ -749,9 +810,9 @@ def fig_efficiency(res: Results) -> Figure:
                       fontsize=8, frameon=False, ncol=1)  # fmt: skip
     device = ""
     if "device" in eff.columns:
-        device = f"Device: {', '.join(sorted(str(d) for d in eff['device'].unique().to_list()))}. "
-    _finish(fig, "Efficiency of the pruned checkpoints: measured (solid) vs ideal (dashed orange)",
-            device + (res.verdict("efficiency") or ""))
+        device = f"Device: {', '.join(sorted(str(d) for d in eff['device'].drop_nulls().unique().to_list()))}. "
+    _finish(fig, "Efficiency per shape family: measured (solid, 95% CI) vs ideal (dashed: FLOPs, dotted: bytes)",
+            device + "The stock transformers engine decides; tight is an upper bound. " + (res.verdict("efficiency") or ""))
     return fig
 
 

@@ -51,7 +51,7 @@ import polars as pl
 from taskprune.errors import DataError
 from taskprune.io import read_parquet, write_json, write_text
 from taskprune.metric_names import HEADLINE_METRIC
-from taskprune.recover import PAPER_RECIPE
+from taskprune.recipes import PAPER_RECIPE
 
 log = logging.getLogger(__name__)
 

@@ -253,7 +253,8 @@ def generate(
     position limit minus ``max_new_tokens`` are cut from the left (logged).
     """
     import torch
-    from tqdm.auto import tqdm
+
+    from taskprune.progress import progress_bar
 
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -279,8 +280,8 @@ def generate(
 
     results: list[Generation | None] = [None] * len(prompts)
     batches = plan_batches([len(r) for r in encoded], max_new_tokens, batch_size, token_budget)
-    with torch.inference_mode(), tqdm(
-        total=len(prompts), desc="generate", unit="prompt", disable=not progress, leave=False
+    with torch.inference_mode(), progress_bar(
+        total=len(prompts), desc="generate", unit="prompt", enabled=progress, leave=False
     ) as bar:
         for indices in batches:
             outputs = _generate_batch(

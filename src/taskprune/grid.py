@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from taskprune.config import Config, RecoverySelection, format_level, parse_method
-from taskprune.recover import PAPER_RECIPE
+from taskprune.recipes import PAPER_RECIPE
 
 BASE = "base"
 #: last path component of a recovered variant: ``recovered-{recipe}``

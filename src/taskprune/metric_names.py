@@ -58,3 +58,18 @@ HEADLINE_METRIC = "accuracy"
 
 #: Prefix of the task names of lm-evaluation-harness rows in metrics.parquet (``harness:gsm8k``).
 HARNESS_TASK_PREFIX = "harness:"
+
+#: Per-item headline of each task kind, (metric name, per-item column of results/eval/{variant}/{task}.parquet):
+#: the per-item table and the findings name them only through these constants.
+#: Math: the final-answer numeric match.
+MATH_HEADLINE_METRIC = FINAL_ANSWER_NUMERIC_MATCH
+MATH_HEADLINE_COLUMN = "correct_numeric"
+#: With ``evaluation.math_verify`` on, math-verify's verdict is the headline instead (metric, per-item column).
+MATH_VERIFY_HEADLINE_METRIC = FINAL_ANSWER_MATH_VERIFY
+MATH_VERIFY_HEADLINE_COLUMN = "correct_math_verify"
+#: The code headline metric: an item's pass@1 estimate (the share of its samples that passed).
+CODE_HEADLINE_METRIC = "pass@1"
+CODE_HEADLINE_COLUMN = "correct"
+#: The retention similarity of distractor answers to the base model's answers used as the headline.
+RETENTION_HEADLINE_METRIC = "retention_token_f1"
+RETENTION_HEADLINE_COLUMN = "token_f1"

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from taskprune.errors import DataError
-from taskprune.recover import PAPER_RECIPE
+from taskprune.recipes import PAPER_RECIPE
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def item_scores(kind: str, role: str, df: Any) -> tuple[str, Any]:
     """
     import polars as pl
 
-    from taskprune import evaluate as ev
+    from taskprune import metric_names as ev
 
     math_headline = (
         (ev.MATH_VERIFY_HEADLINE_METRIC, ev.MATH_VERIFY_HEADLINE_COLUMN)

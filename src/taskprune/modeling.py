@@ -82,7 +82,7 @@ def load_model(path: str | os.PathLike[str], device: str = "auto", dtype: Any = 
     get_adapter(config)  # an unsupported architecture fails here, in one line, before loading weights
     try:
         if getattr(config, "taskprune_layer_widths", None):
-            from taskprune.prune import load_pruned  # per-layer widths need our loader
+            from taskprune.checkpoint import load_pruned  # per-layer widths need our loader
 
             model = load_pruned(path, dtype=dtype)
         else:

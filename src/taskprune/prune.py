@@ -36,23 +36,30 @@ import argparse
 import json
 import logging
 import math
-import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from taskprune.arch import MLPAdapter, get_adapter, num_layers
-from taskprune.errors import ConfigError, DataError, ModelError, TaskpruneError
+from taskprune.arch import MLPAdapter
+
+# The checkpoint reader and the loader of pruned checkpoints live in taskprune.checkpoint (model loading
+# needs them without the pruning logic); re-exported here, where callers have always found them.
+from taskprune.checkpoint import (  # noqa: F401
+    LAYER_WIDTHS_KEY,
+    CheckpointLayout,
+    _neuron_axis,
+    load_pruned,
+    read_layout,
+)
+from taskprune.errors import ConfigError, DataError, ModelError
 
 if TYPE_CHECKING:  # heavy imports stay out of `taskprune prune --help`
     import numpy as np
 
 log = logging.getLogger(__name__)
 
-LAYER_WIDTHS_KEY = "taskprune_layer_widths"  # config.json key for per-layer MLP widths (global allocation)
 SCORE_COLUMNS = ("layer", "neuron", "score")
 # safetensors dtypes that numpy holds natively; anything else (BF16, F8_*) is handled through torch
 NUMPY_DTYPES = frozenset({"F64", "F32", "F16", "I64", "U64", "I32", "U32", "I16", "U16", "I8", "U8", "BOOL"})
@@ -83,60 +90,6 @@ def removal_count(level: Fraction, width: int, multiple_of: int = 1) -> int:
     return math.floor(exact / multiple_of + Fraction(1, 2)) * multiple_of
 
 
-# ------------------------------------------------------------------------------ checkpoint layout
-
-
-@dataclass
-class CheckpointLayout:
-    """Where the MLP tensors of a safetensors checkpoint are, read from the file headers only."""
-
-    root: Path
-    config: dict[str, Any]
-    adapter: MLPAdapter
-    shards: list[str]  # safetensors file names, relative to root
-    index: dict[str, Any] | None  # parsed model.safetensors.index.json, if sharded
-    shapes: dict[str, tuple[int, ...]]  # every stored tensor
-    mlp_keys: dict[str, tuple[int, str, str]]  # stored key -> (layer, projection attribute, "weight"|"bias")
-    widths: list[int]  # d_ff of every layer, read from the weights
-    dtypes: dict[str, str] = field(default_factory=dict)  # dtype name -> number of tensors
-
-    @property
-    def n_layers(self) -> int:
-        return len(self.widths)
-
-    def parameters(self) -> int:
-        """Elements of all stored tensors: the parameter count (tied weights are stored once)."""
-        return sum(math.prod(s) for s in self.shapes.values())
-
-    def mlp_parameters(self) -> int:
-        return sum(math.prod(self.shapes[k]) for k in self.mlp_keys)
-
-
-def _mlp_key_pattern(adapter: MLPAdapter) -> re.Pattern[str]:
-    """Stored names of MLP tensors, with any prefix: ``[...]{layers}.{l}.{mlp}.{proj}.{weight|bias}``.
-
-    The prefix is free because hub checkpoints are not always saved from the *ForCausalLM class (GPT-2's
-    original files say ``h.0.mlp.c_fc.weight``, without ``transformer.``).
-    """
-    layers = re.escape(adapter.layers_path.split(".")[-1])
-    projs = "|".join(re.escape(p) for p in (*adapter.in_projs, adapter.out_proj))
-    return re.compile(
-        rf"(?:^|\.){layers}\.(?P<layer>\d+)\.{re.escape(adapter.mlp_attr)}\.(?P<proj>{projs})\.(?P<param>weight|bias)$"
-    )
-
-
-def _neuron_axis(adapter: MLPAdapter, proj: str, param: str) -> int | None:
-    """Axis of a stored tensor that indexes neurons (``None``: not indexed by neuron, e.g. down_proj's bias).
-
-    Linear weights are ``[out, in]``, GPT-2 Conv1D weights ``[in, out]``; neurons are the outputs of the input
-    projections and the inputs of the output projection.
-    """
-    conv1d = adapter.kind == "conv1d"
-    if proj == adapter.out_proj:
-        return None if param == "bias" else (0 if conv1d else 1)
-    return 0 if param == "bias" else (1 if conv1d else 0)
-
-
 def resolve_checkpoint(checkpoint: str) -> Path:
     """A local checkpoint directory (shards checked), or a hub id resolved to its local snapshot."""
     from taskprune.modeling import check_checkpoint_dir
@@ -156,69 +109,6 @@ def resolve_checkpoint(checkpoint: str) -> Path:
     resolved = check_checkpoint_dir(local)
     assert resolved is not None
     return resolved
-
-
-def read_layout(root: Path) -> CheckpointLayout:
-    """Read config.json and the safetensors headers; check that every layer's MLP is complete and consistent."""
-    from safetensors import safe_open
-
-    config = json.loads((root / "config.json").read_text())
-    adapter = get_adapter(SimpleNamespace(**config))
-    n_layers = num_layers(SimpleNamespace(**config))
-
-    index_path = root / "model.safetensors.index.json"
-    index = json.loads(index_path.read_text()) if index_path.is_file() else None
-    if index is not None:
-        shards = sorted(set(index.get("weight_map", {}).values()))
-    else:
-        shards = sorted(p.name for p in root.glob("*.safetensors"))
-    if not shards:
-        raise ModelError(f"{root}: no safetensors weights (pruning reads *.safetensors; re-save the model with save_pretrained)")
-
-    pattern = _mlp_key_pattern(adapter)
-    shapes: dict[str, tuple[int, ...]] = {}
-    dtypes: dict[str, str] = {}
-    mlp_keys: dict[str, tuple[int, str, str]] = {}
-    for shard in shards:
-        try:
-            with safe_open(root / shard, framework="numpy") as fh:  # headers only: no torch needed
-                for key in fh.keys():  # noqa: SIM118 - safe_open has no __iter__
-                    sl = fh.get_slice(key)
-                    shapes[key] = tuple(sl.get_shape())
-                    dtypes[sl.get_dtype()] = dtypes.get(sl.get_dtype(), 0) + 1
-                    m = pattern.search(key)
-                    if m:
-                        mlp_keys[key] = (int(m["layer"]), m["proj"], m["param"])
-        except Exception as exc:  # safetensors' SafetensorError derives from Exception only
-            if isinstance(exc, TaskpruneError):
-                raise
-            raise ModelError(f"{root / shard}: not a readable safetensors file ({exc})") from exc
-
-    by_layer: dict[int, dict[tuple[str, str], str]] = {}
-    for key, (layer, proj, param) in mlp_keys.items():
-        by_layer.setdefault(layer, {})[(proj, param)] = key
-    if sorted(by_layer) != list(range(n_layers)):
-        raise ModelError(
-            f"{root}: config says {n_layers} layers but the weights hold MLPs for layers {sorted(by_layer)}"
-        )
-    widths = []
-    for layer in range(n_layers):
-        found = by_layer[layer]
-        for proj in (*adapter.in_projs, adapter.out_proj):
-            if (proj, "weight") not in found:
-                raise ModelError(f"{root}: no weight for layer {layer}'s {adapter.mlp_attr}.{proj}")
-        out_shape = shapes[found[(adapter.out_proj, "weight")]]
-        width = out_shape[_neuron_axis(adapter, adapter.out_proj, "weight")]  # type: ignore[index]
-        fused = 2 if adapter.kind == "gated_fused" else 1
-        for (proj, param), key in found.items():
-            axis = _neuron_axis(adapter, proj, param)
-            expected = width if proj == adapter.out_proj else fused * width
-            if axis is not None and shapes[key][axis] != expected:
-                raise ModelError(
-                    f"{root}: {key} has shape {list(shapes[key])}, inconsistent with MLP width {width} of layer {layer}"
-                )
-        widths.append(int(width))
-    return CheckpointLayout(root, config, adapter, shards, index, shapes, mlp_keys, widths, dtypes)
 
 
 # ---------------------------------------------------------------------------------------- scores
@@ -444,7 +334,8 @@ def write_pruned_weights(layout: CheckpointLayout, plan: PruningPlan, out_dir: P
     """
     import numpy as np
     from safetensors import safe_open
-    from tqdm import tqdm
+
+    from taskprune.progress import progress_bar
 
     framework = framework or _framework(layout)
     if framework == "numpy":
@@ -456,7 +347,7 @@ def write_pruned_weights(layout: CheckpointLayout, plan: PruningPlan, out_dir: P
         for w, rem in zip(plan.widths_before, plan.removed, strict=True)
     ]
     counts = {"parameters": 0, "mlp_parameters": 0, "bytes": 0}
-    for shard in tqdm(layout.shards, desc="pruning shards", unit="shard", disable=len(layout.shards) < 2):
+    for shard in progress_bar(layout.shards, desc="pruning shards", unit="shard", enabled=len(layout.shards) > 1):
         tensors: dict[str, Any] = {}
         with safe_open(layout.root / shard, framework=framework) as fh:
             metadata = fh.metadata() or {"format": "pt"}
@@ -501,95 +392,6 @@ def copy_side_files(src: Path, dst: Path) -> list[str]:
         shutil.copyfile(path, dst / name)
         copied.append(name)
     return copied
-
-
-# --------------------------------------------------------------------------------------- loading
-
-
-def load_pruned(path: str | Path, dtype: Any = None) -> Any:
-    """Load a pruned checkpoint (uniform or per-layer widths) as a *ForCausalLM model in eval mode.
-
-    Uniform checkpoints are loaded by stock ``AutoModelForCausalLM.from_pretrained``. For per-layer widths
-    (``config.taskprune_layer_widths``), the model is first built by ``from_pretrained`` with a placeholder
-    MLP width of 1 (so every non-MLP weight goes through transformers' own loading, key renames and weight
-    tying, and no full-width MLP is ever allocated), then each layer's MLP projections receive their stored
-    tensors at their true shapes. ``dtype=None`` keeps the stored dtype.
-    """
-    import copy
-
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    from taskprune.arch import layer_widths, mlp_modules
-
-    config = AutoConfig.from_pretrained(str(path))
-    widths = getattr(config, LAYER_WIDTHS_KEY, None)
-    if not widths:
-        return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or "auto").eval()
-
-    from taskprune.modeling import check_checkpoint_dir
-
-    root = check_checkpoint_dir(path)
-    if root is None:
-        raise ModelError(f"{path}: per-layer-width checkpoints must be local directories")
-    layout = read_layout(root)
-    adapter = layout.adapter
-    if list(widths) != layout.widths:
-        raise ModelError(f"{root}: config {LAYER_WIDTHS_KEY} {list(widths)} disagrees with the weights {layout.widths}")
-
-    placeholder = copy.deepcopy(config)
-    setattr(placeholder, adapter.width_key, 1)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the placeholder MLPs are "mismatched" by design; we replace them below
-    try:
-        model, info = AutoModelForCausalLM.from_pretrained(
-            str(root), config=placeholder, dtype=dtype or "auto", ignore_mismatched_sizes=True,
-            output_loading_info=True,
-        )
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    if info["missing_keys"] or info["unexpected_keys"]:
-        raise ModelError(
-            f"{root}: weights do not fit the model (missing {sorted(info['missing_keys'])[:3]}, "
-            f"unexpected {sorted(info['unexpected_keys'])[:3]})"
-        )
-    setattr(model.config, adapter.width_key, getattr(config, adapter.width_key))
-
-    from safetensors import safe_open
-
-    by_module: dict[tuple[int, str, str], torch.Tensor] = {}
-    for shard in layout.shards:
-        with safe_open(root / shard, framework="pt") as fh:
-            for key in fh.keys():  # noqa: SIM118
-                if key in layout.mlp_keys:
-                    by_module[layout.mlp_keys[key]] = fh.get_tensor(key)
-    for layer, mlp in enumerate(mlp_modules(model)):
-        for proj in (*adapter.in_projs, adapter.out_proj):
-            module = getattr(mlp, proj)
-            for param in ("weight", "bias"):
-                current = getattr(module, param, None)
-                if current is None:
-                    continue
-                stored = by_module.get((layer, proj, param))
-                if stored is None:
-                    raise ModelError(f"{root}: no {param} stored for layer {layer}'s {adapter.mlp_attr}.{proj}")
-                setattr(module, param, torch.nn.Parameter(stored.to(current.dtype), requires_grad=current.requires_grad))
-            _sync_shape_attributes(module)
-        if hasattr(mlp, "intermediate_size"):
-            mlp.intermediate_size = widths[layer]
-    if layer_widths(model) != list(widths):
-        raise ModelError(f"{root}: loaded MLP widths {layer_widths(model)} differ from {list(widths)}")
-    return model.eval()
-
-
-def _sync_shape_attributes(module: Any) -> None:
-    """Keep a projection's size attributes in step with its new weight (used by forward and by peft)."""
-    weight = module.weight
-    if hasattr(module, "nf") and hasattr(module, "nx"):  # GPT-2 Conv1D, weight [in, out]
-        module.nx, module.nf = int(weight.shape[0]), int(weight.shape[1])
-    if hasattr(module, "in_features") and hasattr(module, "out_features"):  # nn.Linear, weight [out, in]
-        module.out_features, module.in_features = int(weight.shape[0]), int(weight.shape[1])
 
 
 # ------------------------------------------------------------------------------------------- CLI

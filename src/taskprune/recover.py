@@ -58,6 +58,7 @@ from typing import Any
 
 from taskprune.config import DistillationConfig, RecoveryConfig, RecoveryTaskConfig
 from taskprune.errors import DataError, ModelError
+from taskprune.recipes import RECIPES, Recipe
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +327,7 @@ class StepContext:
     distillation: DistillationConfig | None = None
 
 
-def _lora_loss(student: Any, batch: dict[str, Any], ctx: StepContext) -> Any:
+def lora_loss(student: Any, batch: dict[str, Any], ctx: StepContext) -> Any:
     # num_items_in_batch: the model returns sum(CE over this micro-batch's labels) / n_targets
     return student(**batch, num_items_in_batch=ctx.n_targets).loss
 
@@ -342,7 +343,7 @@ def _teacher_logits(teacher: Any, batch: dict[str, Any], device: Any) -> Any:
     return logits.to(device)
 
 
-def _lora_kd_loss(student: Any, batch: dict[str, Any], ctx: StepContext) -> Any:
+def lora_kd_loss(student: Any, batch: dict[str, Any], ctx: StepContext) -> Any:
     if ctx.teacher is None or ctx.distillation is None:
         raise ModelError("recipe 'lora-kd' needs the unpruned teacher model (--teacher)")
     kd = ctx.distillation
@@ -354,31 +355,10 @@ def _lora_kd_loss(student: Any, batch: dict[str, Any], ctx: StepContext) -> Any:
     return loss / ctx.n_targets
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """A named recovery recipe: how the LoRA adapters' loss is computed for one micro-batch."""
-
-    name: str
-    description: str
-    needs_teacher: bool
-    #: (peft student, micro-batch tensors, context) -> this micro-batch's share of the step's mean loss
-    loss: Callable[[Any, dict[str, Any], StepContext], Any]
-
-
-#: The one registry of recovery recipes (``recovery.methods``).
-RECIPES: dict[str, Recipe] = {
-    "lora": Recipe("lora", "LoRA, cross-entropy on the task's completions (the paper's)", False, _lora_loss),
-    "lora-kd": Recipe(
-        "lora-kd",
-        "LoRA, KL from the unpruned base model's token distributions (+ optional cross-entropy)",
-        True,
-        _lora_kd_loss,
-    ),
-}
-
-
-#: The paper's recipe: what its recovery claim (and every figure that does not split by recipe) reads.
-PAPER_RECIPE = "lora"
+def recipe_loss(recipe: Recipe) -> Callable[[Any, dict[str, Any], StepContext], Any]:
+    """The loss function of a recipe (the registry in :mod:`taskprune.recipes` names it): (peft student,
+    micro-batch tensors, context) -> this micro-batch's share of the step's mean loss."""
+    return globals()[recipe.loss]
 
 
 def get_recipe(name: str) -> Recipe:
@@ -464,14 +444,16 @@ def train_lora(
     initialisation (see :func:`add_lora`) draw from seeded generators only.
     """
     import torch
-    from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
+
+    from taskprune.progress import progress_bar
 
     if not examples:
         raise DataError("recovery: no training example left after tokenization (are prompts longer than seq_len?)")
     chosen = get_recipe(recipe)
     if chosen.needs_teacher and teacher is None:
         raise ModelError(f"recipe '{recipe}' needs the unpruned teacher model")
+    loss_fn = recipe_loss(chosen)
     device = next(peft_model.parameters()).device
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
@@ -491,7 +473,7 @@ def train_lora(
     record = TrainingLog(batches=batches)
     sequence_hash = hashlib.sha256()
     start, cpu_start = time.perf_counter(), time.process_time()
-    bar = tqdm(batches, desc="recover", unit="step", disable=not progress, mininterval=2.0)
+    bar = progress_bar(batches, desc="recover", unit="step", enabled=progress, mininterval=2.0)
     for step, indices in enumerate(bar):
         batch_examples = [examples[i] for i in indices]
         # every completion token is a label (n_prompt >= 1, so none is lost to the shift inside the loss)
@@ -502,7 +484,7 @@ def train_lora(
         step_loss = 0.0
         for micro in split_microbatches(batch_examples, microbatch_tokens):
             batch = {k: v.to(device) for k, v in collate(micro, pad_id).items()}
-            loss = chosen.loss(peft_model, batch, ctx)
+            loss = loss_fn(peft_model, batch, ctx)
             loss.backward()
             step_loss += float(loss.detach())
             record.total_tokens += int(batch["attention_mask"].sum())

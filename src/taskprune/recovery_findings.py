@@ -37,7 +37,7 @@ from taskprune.findings import (
     paired,
     summarise,
 )
-from taskprune.recover import PAPER_RECIPE
+from taskprune.recipes import PAPER_RECIPE
 
 CHALLENGER_RECIPE = "lora-kd"
 BASELINE_RECIPE = PAPER_RECIPE

@@ -406,7 +406,7 @@ def run_programs(
     **kwargs: object,
 ) -> list[SandboxResult]:
     """Run each program in its own sandbox, ``workers`` at a time; results in the order of ``programs``."""
-    from tqdm.auto import tqdm
+    from taskprune.progress import progress_bar
 
     if not programs:
         return []
@@ -422,8 +422,8 @@ def run_programs(
         finally:
             slots.put(slot)
 
-    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
-        total=len(programs), desc="sandbox", unit="program", disable=not progress, leave=False
+    with ThreadPoolExecutor(max_workers=workers) as pool, progress_bar(
+        total=len(programs), desc="sandbox", unit="program", enabled=progress, leave=False
     ) as bar:
         results = []
         for result in pool.map(one, programs):

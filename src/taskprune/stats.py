@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -471,15 +470,14 @@ def collect_stats_over(
 ) -> ActivationStats:
     """The streaming loop itself, over ready batches (the benchmark times exactly this)."""
     import torch
-    from tqdm.auto import tqdm
 
     from taskprune import arch
+    from taskprune.progress import progress_bar
 
     stack = arch.backbone(model)
     dtype = next(model.parameters()).dtype
     collector = StatsCollector(model)
-    tty = sys.stderr.isatty()
-    bar = tqdm(total=total, unit="prompt", desc="stats", disable=not progress, mininterval=0.5 if tty else 30.0)
+    bar = progress_bar(total=total, unit="prompt", desc="stats", enabled=progress, mininterval=0.5)
     with torch.inference_mode(), collector, bar:
         for batch in batches:
             collector.set_batch(batch, dtype)

@@ -230,7 +230,8 @@ def learning_rate(step: int, cfg: TrainingConfig) -> float:
 def train_loop(model: Any, batches: PackedBatches, cfg: TrainingConfig, device: Any, progress: bool = True) -> list[dict[str, Any]]:
     """AdamW on the weighted next-token loss; returns one record per step (loss, lr, tokens, seconds)."""
     import torch
-    from tqdm.auto import tqdm
+
+    from taskprune.progress import progress_bar
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -241,7 +242,7 @@ def train_loop(model: Any, batches: PackedBatches, cfg: TrainingConfig, device: 
     model.train()
     records: list[dict[str, Any]] = []
     start = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc="train", unit="step", disable=not progress, mininterval=5)
+    bar = progress_bar(range(cfg.steps), desc="train", unit="step", enabled=progress, mininterval=5)
     for step in bar:
         batch = {k: v.to(device) for k, v in batches.next_batch().items()}
         lr = learning_rate(step, cfg)
@@ -557,7 +558,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from taskprune.config import GeneralistConfig, load_config, stage_options, validate_section
+    from taskprune.config import GeneralistConfig, load_config, read_options, stage_options, validate_section
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sections: dict[str, Any] = {"tasks": {}, "evaluation": EvaluationConfig, "device": "auto"}
@@ -573,13 +574,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         import json
 
-        try:
-            raw = json.loads(args.options or "{}")
-        except (TypeError, json.JSONDecodeError):
-            raw = {}  # stage_options reports the bad JSON in one line
-        if isinstance(raw, dict) and "generalist" in raw:
-            generalist = validate_section(raw["generalist"], GeneralistConfig, "generalist")
-            opts = stage_options(argparse.Namespace(options=json.dumps({k: v for k, v in raw.items() if k != "generalist"})), sections)
+        raw, source = read_options(args.options)
+        if "generalist" in raw:
+            generalist = validate_section(raw["generalist"], GeneralistConfig, "generalist", source)
+            rest = json.dumps({k: v for k, v in raw.items() if k != "generalist"})
+            opts = stage_options(argparse.Namespace(options=rest), sections)
         else:
             opts = stage_options(args, {"model": ModelConfig, **sections}, model=args.model)
     if not isinstance(opts.tasks, dict):

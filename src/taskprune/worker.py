@@ -1,7 +1,9 @@
 """A warm fork server, so hundreds of small Snakemake jobs do not each pay for importing torch.
 
-Importing torch and transformers costs about 5 CPU-seconds; the embedded default runs ~300 model jobs
-(prune, evaluate, recover, ...), i.e. ~25 CPU-minutes of imports on a 2-core machine. For local runs the
+Measured on the smoke models (2 cores, shared): an evaluation job costs 5.8-7.9 CPU-s in a fresh process and
+0.34-0.48 CPU-s forked from this server (the difference is importing torch/transformers); a pruning job
+0.52-0.74 vs 0.10-0.13 CPU-s. The embedded default has 158 evaluation and 140 pruning jobs: ~18 CPU-minutes,
+~9 minutes of its 2-core wall time, which the server saves. For local runs the
 Snakefile starts this server once (``onstart``): it imports the heavy libraries, then forks one child per
 ``taskprune <stage>`` command. A job's ``taskprune`` process is a thin client: it hands the server its
 argv, working directory, environment and its stdin/stdout/stderr file descriptors (so ``> {log} 2>&1``
@@ -15,7 +17,12 @@ Guarantees:
   count from ``OMP_NUM_THREADS``.
 - If a client dies (Snakemake killed or cancelled the job), the server kills the child's whole process
   group; the server exits when the Snakemake process that started it is gone.
-- Benchmark stages never go through the server: their measurements need fresh processes.
+- Jobs of rules with a ``benchmark:`` file never go through the server (``NEVER_FORKED``): Snakemake
+  measures a job's own process tree, which a forked child is not part of, so their files would show only
+  the small client. ``tests/test_worker.py`` checks that every benchmarked rule's stage is listed. Every
+  stage logs its own CPU time and peak memory at the end (``taskprune.cli``), forked or not.
+- Never used on a cluster executor or with ``--sdm conda``/apptainer (the Snakefile does not start it, and
+  a client refuses a server of another interpreter or inside a cluster/container job: ``same_environment``).
 """
 
 from __future__ import annotations
@@ -33,8 +40,16 @@ import time
 from pathlib import Path
 
 ENV_SOCKET = "TASKPRUNE_WORKER_SOCKET"
-# Stages whose numbers describe a process (time, memory) must run in a fresh process.
-NEVER_FORKED = {"bench", "bench-stats", "bench-generation"}
+# The interpreter the server runs in: a job whose own interpreter differs (a conda env of --sdm conda, a
+# container) must run there, never in the server's.
+ENV_PYTHON = "TASKPRUNE_WORKER_PYTHON"
+ENV_FORKED = "TASKPRUNE_FORKED"  # set in a forked child
+# Set in jobs of cluster schedulers and containers: such a job never uses a local server, even if the
+# variables above leaked into its environment.
+FOREIGN_JOB_ENV = ("SLURM_JOB_ID", "APPTAINER_CONTAINER", "SINGULARITY_CONTAINER", "PBS_JOBID", "LSB_JOBID")
+# Stages whose numbers describe a process must run in a fresh process: the benchmarks, and every stage whose
+# rule has a `benchmark:` file (Snakemake measures the job's own process tree only).
+NEVER_FORKED = {"bench", "bench-stats", "bench-generation", "data", "train", "stats", "recover", "harness"}
 PRELOAD = (
     "torch",
     "transformers",
@@ -76,6 +91,8 @@ def try_run_via_worker(argv: list[str]) -> int | None:
     path = os.environ.get(ENV_SOCKET)
     if not path or os.environ.get("TASKPRUNE_WORKER") == "0" or not argv or argv[0] in NEVER_FORKED:
         return None
+    if not same_environment():
+        return None
     if not Path(path).exists():
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -97,6 +114,16 @@ def try_run_via_worker(argv: list[str]) -> int | None:
     return rc
 
 
+def same_environment() -> bool:
+    """Whether this process may hand its job to the server: same interpreter, not a cluster/container job."""
+    if any(os.environ.get(name) for name in FOREIGN_JOB_ENV):
+        return False
+    server_python = os.environ.get(ENV_PYTHON)
+    if not server_python:
+        return False
+    return os.path.realpath(server_python) == os.path.realpath(sys.executable)
+
+
 # ------------------------------------------------------------------------------------------ server
 
 
@@ -115,6 +142,7 @@ def _child(conn: socket.socket, listener: socket.socket, request: dict, fds: lis
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        os.environ[ENV_FORKED] = "1"  # the usage line notes that its peak RSS includes pages shared with us
         sys.stdin = os.fdopen(0, "r", closefd=False)
         sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
         sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
@@ -262,6 +290,28 @@ def stop(socket_path: str) -> None:
         Path(socket_path).unlink()
 
 
+def start_for_snakemake(parent_pid: int, log_path: str | None = None) -> bool:
+    """The Snakefile's ``onstart``: start a server for this Snakemake process and export its address."""
+    import tempfile
+
+    socket_path = os.path.join(tempfile.gettempdir(), f"taskprune-worker-{parent_pid}.sock")
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    if not start_daemon(socket_path, parent_pid, log_path=log_path):
+        return False
+    os.environ[ENV_SOCKET] = socket_path
+    os.environ[ENV_PYTHON] = sys.executable
+    return True
+
+
+def stop_for_snakemake() -> None:
+    """The Snakefile's ``onsuccess``/``onerror``: remove the socket (the server then exits with its parent)."""
+    socket_path = os.environ.pop(ENV_SOCKET, None)
+    os.environ.pop(ENV_PYTHON, None)
+    if socket_path:
+        stop(socket_path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m taskprune.worker", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -278,4 +328,14 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["try_run_via_worker", "serve", "start_daemon", "stop", "ENV_SOCKET"]
+__all__ = [
+    "ENV_PYTHON",
+    "ENV_SOCKET",
+    "same_environment",
+    "serve",
+    "start_daemon",
+    "start_for_snakemake",
+    "stop",
+    "stop_for_snakemake",
+    "try_run_via_worker",
+]

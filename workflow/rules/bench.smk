@@ -1,25 +1,13 @@
 # Efficiency benchmarks. Benchmark jobs hold the `bench` resource (profiles set bench=1) and every core,
 # so they never run beside another job and their numbers are not polluted by a neighbour.
+#   bench         per measured variant checkpoint: parameters, bytes on disk, peak memory at batch 1
+#   bench_family  per shape family: paired, interleaved throughput of the base vs every level (bench_paired)
+#   bench_gather  results/bench/efficiency.parquet: family rows attached to the variants they describe
 
 BENCH = bench_variants()
-# the BenchConfig keys of the per-variant efficiency measurement (not those of the pipeline benchmarks)
-EFFICIENCY_KEYS = {"batch_sizes", "prompt_tokens", "new_tokens", "warmup", "repeats", "static_cache", "compile", "threads"}
-
-
-def bench_checkpoint(wildcards):
-    v = grid.parse_variant(wildcards.variant)
-    return model_path(v.model) if v.stage == "base" else v.checkpoint
-
-
-def bench_input(wildcards):
-    v = grid.parse_variant(wildcards.variant)
-    if v.stage == "base":
-        return [f"results/models/{v.model}"] if model_cfg(v.model).source == "train" else []
-    return [v.checkpoint]
-
-
-def base_model_input(model):
-    return [f"results/models/{model}"] if model_cfg(model).source == "train" else []
+FAMILIES = family_plans(CFG)
+# the BenchConfig keys of the per-variant memory measurement (throughput: FAMILIES' plans)
+EFFICIENCY_KEYS = {"prompt_tokens", "new_tokens", "repeats", "static_cache", "threads"}
 
 
 rule bench:
@@ -31,10 +19,12 @@ rule bench:
         model_path=bench_checkpoint,
         labels=lambda w: " ".join(f"--label-variant {p}" for p in bench_labels(w.variant)),
         opts=lambda w: options(bench=CFG.bench.model_dump(mode="json", include=EFFICIENCY_KEYS), device=CFG.device),
-        src=source_hash("bench", "flops", "arch", "modeling"),
+        src=source_hash("bench"),
     wildcard_constraints:
-        variant="[^/]+/" + VARIANT_RE,
+        variant=f"[^/]+/{VARIANT_RE}",
     threads: workflow.cores
+    conda:
+        ENV_TORCH
     log:
         "logs/bench/{variant}.log",
     resources:
@@ -42,21 +32,49 @@ rule bench:
         mem_mb=8000,
         runtime=30,
     shell:
-        TORCH_ENV + " taskprune bench measure --checkpoint {params.model_path:q} --variant {wildcards.variant} "
+        "taskprune bench measure --checkpoint {params.model_path:q} --variant {wildcards.variant} "
         "{params.labels} --output {output} --options {params.opts:q} > {log} 2>&1"
+
+
+rule bench_family:
+    input:
+        family_input,
+    output:
+        family="results/bench/families/{shapes}.parquet",
+        trials="results/bench/families/{shapes}.trials.parquet",
+    params:
+        plan=lambda w: json.dumps(FAMILIES[w.shapes].to_json(), sort_keys=True, separators=(",", ":")),
+        src=source_hash("bench_paired"),
+    wildcard_constraints:
+        shapes="|".join(re.escape(n) for n in FAMILIES) or "NO_FAMILY",
+    threads: workflow.cores
+    conda:
+        ENV_TORCH
+    log:
+        "logs/bench/family-{shapes}.log",
+    resources:
+        bench=1,
+        mem_mb=12000,
+        runtime=30,
+    shell:
+        "taskprune bench family --plan {params.plan:q} --output {output.family} "
+        "--trials {output.trials} > {log} 2>&1"
 
 
 rule bench_gather:
     input:
-        [f"results/bench/variants/{v.path}.parquet" for v in BENCH],
+        variants=[f"results/bench/variants/{v.path}.parquet" for v in BENCH],
+        families=[f"results/bench/families/{name}.parquet" for name in FAMILIES],
     output:
         "results/bench/efficiency.parquet",
     params:
-        src=source_hash("bench", "flops"),
+        src=source_hash("bench"),
+    conda:
+        ENV_TORCH
     log:
         "logs/bench/gather.log",
     shell:
-        "taskprune bench gather --output {output} {input} > {log} 2>&1"
+        "taskprune bench gather --output {output} {input.variants} --families {input.families} > {log} 2>&1"
 
 
 _BENCH_MODEL = next(iter(CFG.models))
@@ -69,12 +87,14 @@ rule bench_stats:
     output:
         "results/bench/stats_collection.parquet",
     params:
-        model_path=model_path(_BENCH_MODEL),
+        model_path=lambda w, input: input.model[0] if input.model else model_path(_BENCH_MODEL),
         opts=options(stats=CFG.stats, device=CFG.device),
         b=CFG.bench,
         memory=" ".join(map(str, CFG.bench.stats_memory_prompts)),
-        src=source_hash("bench_stats", "stats", "arch"),
+        src=source_hash("bench_stats"),
     threads: workflow.cores
+    conda:
+        ENV_TORCH
     log:
         "logs/bench/stats_collection.log",
     resources:
@@ -82,7 +102,7 @@ rule bench_stats:
         mem_mb=8000,
         runtime=30,
     shell:
-        TORCH_ENV + " taskprune bench-stats --model-path {params.model_path:q} --data {input.data} "
+        "taskprune bench-stats --model-path {params.model_path:q} --data {input.data} "
         "--throughput-prompts {params.b.stats_prompts} --memory-prompts {params.memory} "
         "--rounds {params.b.stats_rounds} --out {output} --options {params.opts:q} > {log} 2>&1"
 
@@ -94,12 +114,14 @@ rule bench_generation:
     output:
         "results/bench/generation.parquet",
     params:
-        model_path=model_path(_BENCH_MODEL),
+        model_path=lambda w, input: input.model[0] if input.model else model_path(_BENCH_MODEL),
         opts=options(evaluation=CFG.evaluation, device=CFG.device),
         b=CFG.bench,
         batches=" ".join(map(str, CFG.bench.generation_batch_sizes)),
-        src=source_hash("bench_generation", "generate"),
+        src=source_hash("bench_generation"),
     threads: workflow.cores
+    conda:
+        ENV_TORCH
     log:
         "logs/bench/generation.log",
     resources:
@@ -107,6 +129,6 @@ rule bench_generation:
         mem_mb=8000,
         runtime=30,
     shell:
-        TORCH_ENV + " taskprune bench-generation --model-path {params.model_path:q} --data {input.data} "
+        "taskprune bench-generation --model-path {params.model_path:q} --data {input.data} "
         "--n-prompts {params.b.generation_prompts} --batch-sizes {params.batches} "
         "--repeats {params.b.generation_repeats} --out {output} --options {params.opts:q} > {log} 2>&1"

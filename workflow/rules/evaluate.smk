@@ -1,38 +1,10 @@
 # Evaluation of every variant (base, pruned, recovered) on its target task and distractors.
 # One job per variant evaluates all of that variant's tasks (one process start instead of several).
+# No `benchmark:` file: locally these ~160 jobs run forked from the warm worker (src/taskprune/worker.py,
+# ~6 CPU-s of imports saved per job), outside the process tree Snakemake would measure. Each job's log
+# ends with its own CPU time and peak memory instead (taskprune.cli), forked or not.
 
 VARIANT_RE = r"(base|[a-z]+(-[a-z]+)?/[0-9]+(\.[0-9]+)?/[0-9]+(/recovered-[a-z]+(-[a-z]+)*)?)"
-
-
-def eval_inputs(wildcards):
-    v = grid.parse_variant(wildcards.variant)
-    m = model_cfg(v.model)
-    inputs = {"data": [f"results/data/{t}/eval.parquet" for t in grid.tasks_for(CFG, v.model)]}
-    if v.stage == "base":
-        if m.source == "train":
-            inputs["model"] = v.checkpoint
-    else:
-        inputs["model"] = v.checkpoint
-        inputs["reference"] = [f"results/eval/{v.model}/base/{d}.parquet" for d in m.distractors]
-    return inputs
-
-
-def eval_model_path(wildcards):
-    v = grid.parse_variant(wildcards.variant)
-    return model_path(v.model) if v.stage == "base" else v.checkpoint
-
-
-def eval_task_args(wildcards):
-    v = grid.parse_variant(wildcards.variant)
-    return " ".join(
-        f"--task {t}={task_kind(t)}:results/data/{t}/eval.parquet" for t in grid.tasks_for(CFG, v.model)
-    )
-
-
-def eval_options(wildcards):
-    v = grid.parse_variant(wildcards.variant)
-    m = model_cfg(v.model)
-    return options(evaluation=CFG.evaluation, device=CFG.device, chat_template=m.chat_template)
 
 
 for _model in CFG.models:
@@ -48,23 +20,23 @@ for _model in CFG.models:
         params:
             model_path=eval_model_path,
             tasks=eval_task_args,
-            refs=lambda w, input: ("--reference-dir " + str(Path(input.reference[0]).parent))
+            refs=lambda w, input: f"--reference-dir {Path(input.reference[0]).parent}"
             if "reference" in input.keys()
             else "",
             opts=eval_options,
-            src=source_hash("evaluate", "generate", "sandbox", "modeling", "metrics"),
+            src=source_hash("evaluate"),
         wildcard_constraints:
-            variant=re.escape(_model) + "/" + VARIANT_RE,
+            variant=f"{re.escape(_model)}/{VARIANT_RE}",
         threads: 1
+        conda:
+            ENV_TORCH
         log:
             "logs/evaluate/{variant}.log",
-        benchmark:
-            "benchmarks/evaluate/{variant}.tsv"
         resources:
             mem_mb=4000,
             runtime=60,
         shell:
-            TORCH_ENV + " taskprune evaluate --model-path {params.model_path:q} --variant {wildcards.variant} "
+            "taskprune evaluate --model-path {params.model_path:q} --variant {wildcards.variant} "
             "{params.tasks} {params.refs} --out-dir results/eval/{wildcards.variant} "
             "--options {params.opts:q} > {log} 2>&1"
 
@@ -79,8 +51,12 @@ rule metrics:
     params:
         inputs=[f"results/eval/{v.path}/metrics.parquet" for v in ALL_VARIANTS],
         targets=" ".join(f"--target {m}={mc.task}" for m, mc in CFG.models.items()),
-        harness=lambda w, input: ("--harness-inputs " + " ".join(input.harness)) if input.harness else "",
-        src=source_hash("metrics", "evaluate"),
+        harness=lambda w, input: f"--harness-inputs {' '.join(input.harness)}" if input.harness else "",
+        src=source_hash("metrics"),
+    # the torch env: metrics reads its headline constants from taskprune.evaluate, whose import graph
+    # reaches torch (tests/test_conda_envs.py derives what each rule's env must hold)
+    conda:
+        ENV_TORCH
     log:
         "logs/metrics.log",
     shell:

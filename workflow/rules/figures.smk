@@ -15,14 +15,6 @@ FIGURE_OUTPUTS = [f"results/figures/{n}.png" for n in FIGURE_NAMES] + [
 ]
 
 
-def _score_tables():
-    return [f"results/scores/{m}/selectivity.parquet" for m in CFG.models if "selectivity" in CFG.scores.methods]
-
-
-def _manifests():
-    return [f"{v.checkpoint}" for v in PRUNED if not CFG.pruning.temporary_checkpoints]  # dirs with manifest.parquet
-
-
 rule findings:
     input:
         per_item="results/items.parquet",
@@ -33,6 +25,8 @@ rule findings:
         html=report("results/findings.html", caption="../report/findings.rst", category="1. Findings"),
     params:
         src=source_hash("findings"),
+    conda:
+        ENV_ANALYSIS
     log:
         "logs/findings.log",
     shell:
@@ -63,6 +57,8 @@ rule figures:
         html=report("results/tables/summary.html", caption="../report/summary_table.rst", category="3. Tables"),
     params:
         src=source_hash("figures"),
+    conda:
+        ENV_ANALYSIS
     log:
         "logs/figures.log",
     shell:

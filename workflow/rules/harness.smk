@@ -7,24 +7,6 @@ HARNESS_LOCAL = {name: f"results/data/{task}/eval.parquet" for name, task in CFG
                  if name in CFG.harness.tasks}
 
 
-def harness_inputs(wildcards):
-    v = grid.parse_variant(wildcards.variant)
-    inputs = {"data": list(HARNESS_LOCAL.values()), "task_yaml": [f"resources/harness/{n}.yaml" for n in HARNESS_LOCAL]}
-    if v.stage != "base" or model_cfg(v.model).source == "train":
-        inputs["model"] = v.checkpoint
-    return inputs
-
-
-def harness_model_path(wildcards):
-    v = grid.parse_variant(wildcards.variant)
-    return model_path(v.model) if v.stage == "base" else v.checkpoint
-
-
-def harness_options(wildcards):
-    v = grid.parse_variant(wildcards.variant)
-    return options(harness=CFG.harness, device=CFG.device, chat_template=model_cfg(v.model).chat_template)
-
-
 rule harness:
     input:
         unpack(harness_inputs),
@@ -34,10 +16,12 @@ rule harness:
         model_path=harness_model_path,
         local=" ".join(f"--local-task {n}={p}" for n, p in HARNESS_LOCAL.items()),
         opts=harness_options,
-        src=source_hash("harness", "evaluate", "metric_names", "metrics", "modeling", "prune", "arch", "grid"),
+        src=source_hash("harness"),
     wildcard_constraints:
-        variant="(" + "|".join(re.escape(m) for m in CFG.models) + ")/" + VARIANT_RE,
+        variant=f"({'|'.join(re.escape(m) for m in CFG.models)})/{VARIANT_RE}",
     threads: 1
+    conda:
+        ENV_TORCH
     log:
         "logs/harness/{variant}.log",
     benchmark:
@@ -46,5 +30,5 @@ rule harness:
         mem_mb=4000,
         runtime=60,
     shell:
-        TORCH_ENV + " HF_DATASETS_OFFLINE=1 taskprune harness --model-path {params.model_path:q} "
+        "HF_DATASETS_OFFLINE=1 taskprune harness --model-path {params.model_path:q} "
         "--variant {wildcards.variant} {params.local} --out {output} --options {params.opts:q} > {log} 2>&1"

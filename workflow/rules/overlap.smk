@@ -3,20 +3,6 @@
 # generalist gets statistics and selectivity on each specialist's datasets, but is never pruned.
 
 
-def overlap_plan():
-    """(generalist, [specialist, specialist]) of the first generalist two trained specialists continue from."""
-    by_generalist = {}
-    for name, m in CFG.models.items():
-        if m.source == "train" and m.training.init:
-            by_generalist.setdefault(m.training.init, []).append(name)
-    if "selectivity" not in CFG.scores.methods:
-        return None
-    for generalist, specialists in by_generalist.items():
-        if len(specialists) >= 2:
-            return generalist, specialists[:2]
-    return None
-
-
 OVERLAP = overlap_plan()
 OVERLAP_OUTPUTS = ["results/tables/neuron_overlap.parquet"] if OVERLAP else []
 
@@ -29,8 +15,10 @@ rule generalist_stats:
         "results/stats/{generalist}/{dataset}.parquet",
     params:
         opts=lambda w: options(stats=CFG.stats, device=CFG.device, chat_template=False),
-        src=source_hash("stats", "arch", "modeling"),
+        src=source_hash("stats"),
     threads: 1
+    conda:
+        ENV_TORCH
     log:
         "logs/stats/{generalist}/{dataset}.log",
     benchmark:
@@ -39,7 +27,7 @@ rule generalist_stats:
         mem_mb=4000,
         runtime=30,
     shell:
-        TORCH_ENV + " taskprune stats --model-path {input.model} --data {input.data} "
+        "taskprune stats --model-path {input.model} --data {input.data} "
         "--out {output} --options {params.opts:q} > {log} 2>&1"
 
 
@@ -51,7 +39,9 @@ rule generalist_selectivity:
         "results/scores/{generalist}/{model}/selectivity.parquet",
     params:
         opts=lambda w: options(scores={"epsilon": CFG.scores.epsilon}),
-        src=source_hash("scores", "arch"),
+        src=source_hash("scores"),
+    conda:
+        ENV_TORCH
     log:
         "logs/scores/{generalist}/{model}/selectivity.log",
     resources:
@@ -60,11 +50,6 @@ rule generalist_selectivity:
     shell:
         "taskprune scores --method selectivity --target {input.target} --distractors {input.distractors} "
         "--out {output} --options {params.opts:q} > {log} 2>&1"
-
-
-def overlap_levels():
-    levels = {format_level(x) for m in (OVERLAP[1] if OVERLAP else []) for x in CFG.levels_for(m)}
-    return sorted(levels, key=float)
 
 
 rule neuron_overlap:
@@ -80,7 +65,9 @@ rule neuron_overlap:
         ),
         generalist=OVERLAP[0] if OVERLAP else "",
         levels=" ".join(overlap_levels()),
-        src=source_hash("overlap", "prune"),
+        src=source_hash("overlap"),
+    conda:
+        ENV_TORCH
     log:
         "logs/overlap.log",
     resources:

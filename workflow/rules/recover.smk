@@ -1,27 +1,5 @@
 # Recovery of pruned checkpoints with each recipe of recovery.methods (lora, lora-kd) on the target task's
 # train split, merged into normal checkpoints: results/recovered/{model}/{method}/{level}/{seed}/{recipe}/.
-from taskprune.recover import RECIPES
-
-
-def recover_options(wildcards):
-    # Only the hyper-parameters (not the selection of variants or the list of recipes): selecting one more
-    # variant or recipe must not rerun the others; the distillation keys only concern distillation recipes.
-    exclude = {"variants", "enabled", "methods"}
-    if not RECIPES[wildcards.recipe].needs_teacher:
-        exclude.add("distillation")
-    return options(recovery=CFG.recovery.model_dump(mode="json", exclude=exclude), device=CFG.device)
-
-
-def recover_teacher_input(wildcards):
-    """The unpruned base model, for a recipe that distils from it (nothing for a hub model)."""
-    return model_input(wildcards) if RECIPES[wildcards.recipe].needs_teacher else []
-
-
-def recover_teacher_arg(wildcards):
-    if not RECIPES[wildcards.recipe].needs_teacher:
-        return ""
-    return "--teacher " + shlex.quote(str(model_path(wildcards.model)))
-
 
 rule recover:
     input:
@@ -36,8 +14,10 @@ rule recover:
         task=lambda w: model_cfg(w.model).task,
         chat=lambda w: "--chat-template" if model_cfg(w.model).chat_template else "--no-chat-template",
         teacher=recover_teacher_arg,
-        src=source_hash("recover", "modeling", "prune"),
+        src=source_hash("recover"),
     threads: 1
+    conda:
+        ENV_TORCH
     log:
         "logs/recover/{model}/{method}/{level}/{seed}/{recipe}.log",
     benchmark:
@@ -46,6 +26,6 @@ rule recover:
         mem_mb=6000,
         runtime=60,
     shell:
-        TORCH_ENV + " taskprune recover --pruned {input.model} --train {input.train} --eval {input.eval} "
+        "taskprune recover --pruned {input.model} --train {input.train} --eval {input.eval} "
         "--task {params.task} --recipe {wildcards.recipe} {params.teacher} {params.chat} --threads {threads} "
         "--no-progress --out {output} --options {params.opts:q} > {log} 2>&1"

@@ -11,8 +11,10 @@ rule stats:
         model_path=lambda w: model_path(w.model),
         opts=lambda w: options(stats=CFG.stats, device=CFG.device,
                                chat_template=model_cfg(w.model).chat_template),
-        src=source_hash("stats", "arch", "modeling"),
+        src=source_hash("stats"),
     threads: 1
+    conda:
+        ENV_TORCH
     log:
         "logs/stats/{model}/{dataset}.log",
     benchmark:
@@ -21,5 +23,5 @@ rule stats:
         mem_mb=4000,
         runtime=30,
     shell:
-        TORCH_ENV + " taskprune stats --model-path {params.model_path:q} --data {input.data} "
+        "taskprune stats --model-path {params.model_path:q} --data {input.data} "
         "--out {output} --options {params.opts:q} > {log} 2>&1"
