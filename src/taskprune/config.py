@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -702,6 +703,18 @@ def deep_update(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------ stage command options
+
+
+def parse_assignments(values: Sequence[str], flag: str, expected: str = "NAME=VALUE") -> dict[str, str]:
+    """Repeated ``--flag NAME=VALUE`` command-line arguments -> {name: value}; a malformed one is a one-line
+    :class:`ConfigError` naming the flag and the form ``expected`` (e.g. ``MODEL=TASK``)."""
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name or not rest:
+            raise ConfigError(f"{flag} {value!r}: expected {expected}")
+        out[name] = rest
+    return out
 
 
 def add_config_arguments(parser: Any) -> None:

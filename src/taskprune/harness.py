@@ -199,11 +199,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_local_tasks(values: Sequence[str]) -> dict[str, Path]:
+    from taskprune.config import parse_assignments
+
     local: dict[str, Path] = {}
-    for value in values:
-        name, _, path = value.partition("=")
-        if not name or not path:
-            raise ConfigError(f"--local-task {value!r}: expected NAME=PATH (e.g. taskprune_math=results/data/math/eval.parquet)")
+    for name, path in parse_assignments(values, "--local-task", "NAME=PATH (e.g. taskprune_math=results/data/math/eval.parquet)").items():
         if not Path(path).is_file():
             raise DataError(f"{path}: eval split for local harness task '{name}' not found")
         local[name] = Path(path)

@@ -161,17 +161,6 @@ def item_scores(kind: str, role: str, df: Any) -> tuple[str, Any]:
     return metric, per_item.with_columns(pl.col("id").cast(pl.String))
 
 
-def parse_targets(values: Sequence[str]) -> dict[str, str]:
-    """``MODEL=TASK`` arguments -> {model: target task}."""
-    out: dict[str, str] = {}
-    for value in values:
-        model, _, task = value.partition("=")
-        if not model or not task:
-            raise DataError(f"--target {value!r}: expected MODEL=TASK")
-        out[model] = task
-    return out
-
-
 def collect(paths: Sequence[str | Path], targets: dict[str, str] | None = None) -> tuple[Any, Any]:
     """Gather the per-variant metrics files and the item tables beside them.
 
@@ -266,6 +255,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from taskprune.config import parse_assignments
     from taskprune.io import write_parquet
 
     paths = [Path(p) for p in args.inputs]
@@ -276,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
         paths += sorted(root.rglob("metrics.parquet"))
     if not paths:
         raise DataError("no metrics files given (list results/eval/{variant}/metrics.parquet files or use --eval-dir)")
-    metrics, items = collect(paths, parse_targets(args.targets))
+    metrics, items = collect(paths, parse_assignments(args.targets, "--target", "MODEL=TASK"))
     meta: dict[str, Any] = {"inputs": [str(p) for p in paths], "bootstrap_seed": 0, "sampling_seed": 0}
     harness_paths = [Path(p) for p in args.harness_inputs]
     if harness_paths:

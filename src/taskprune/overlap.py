@@ -166,16 +166,6 @@ def overlap_table(specialists: dict[str, list[np.ndarray]], generalist: str,
 # =============================================================================================== CLI
 
 
-def _pairs(values: list[str], flag: str) -> dict[str, str]:
-    out = {}
-    for v in values:
-        name, sep, path = v.partition("=")
-        if not sep or not name or not path:
-            raise ConfigError(f"{flag}: expected NAME=PATH, got {v!r}")
-        out[name] = path
-    return out
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--specialist", action="append", default=[], metavar="NAME=PARQUET", required=True,
                         help="a specialist's own selectivity table (give two)")  # fmt: skip
@@ -188,10 +178,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from taskprune.config import parse_assignments
     from taskprune.io import write_parquet
 
-    specialists = {n: read_score_layers(p) for n, p in _pairs(args.specialist, "--specialist").items()}
-    general = {n: read_score_layers(p) for n, p in _pairs(args.generalist_scores, "--generalist-scores").items()}
+    specialists = {n: read_score_layers(p) for n, p in parse_assignments(args.specialist, "--specialist", "NAME=PARQUET").items()}
+    general = {n: read_score_layers(p) for n, p in parse_assignments(args.generalist_scores, "--generalist-scores", "NAME=PARQUET").items()}
     table = overlap_table(specialists, args.generalist, general, [str(x) for x in args.levels], args.multiple_of)
     write_parquet(table, args.out, metadata={"generalist": args.generalist, "specialists": list(specialists)})
     for row in table.filter(table["layer"].is_null()).iter_rows(named=True):
