@@ -140,17 +140,17 @@ def item_scores(kind: str, role: str, df: Any) -> tuple[str, Any]:
     """
     import polars as pl
 
-    from taskprune import metric_names as ev
+    from taskprune import metric_names as names
 
     math_headline = (
-        (ev.MATH_VERIFY_HEADLINE_METRIC, ev.MATH_VERIFY_HEADLINE_COLUMN)
-        if ev.MATH_VERIFY_HEADLINE_COLUMN in df.columns
-        else (ev.MATH_HEADLINE_METRIC, ev.MATH_HEADLINE_COLUMN)
+        (names.MATH_VERIFY_HEADLINE_METRIC, names.MATH_VERIFY_HEADLINE_COLUMN)
+        if names.MATH_VERIFY_HEADLINE_COLUMN in df.columns
+        else (names.MATH_HEADLINE_METRIC, names.MATH_HEADLINE_COLUMN)
     )
     columns = {
         "math": math_headline,
-        "code": (ev.CODE_HEADLINE_METRIC, ev.CODE_HEADLINE_COLUMN),
-    }.get(kind, (ev.RETENTION_HEADLINE_METRIC, ev.RETENTION_HEADLINE_COLUMN))
+        "code": (names.CODE_HEADLINE_METRIC, names.CODE_HEADLINE_COLUMN),
+    }.get(kind, (names.RETENTION_HEADLINE_METRIC, names.RETENTION_HEADLINE_COLUMN))
     metric, column = columns
     if column not in df.columns:
         raise DataError(f"per-item table of a {kind} task ({role}) has no column '{column}'")
