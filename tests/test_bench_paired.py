@@ -280,8 +280,9 @@ def test_family_and_gather_end_to_end(tmp_path, monkeypatch):
         bench_paired.gather_efficiency([per_variant], [])
 
     # the figure: one row of panels per shape family (m and twin share one), the engine named
-    from taskprune.figures import Results, fig_efficiency
-    from taskprune.findings import claim_efficiency, load_efficiency
+    from taskprune.report.claims import claim_efficiency
+    from taskprune.report.figures import fig_efficiency
+    from taskprune.report.results import Results, load_efficiency
 
     eff = load_efficiency(out)
     metrics = pl.DataFrame({"model": ["m", "twin"], "metric": ["accuracy"] * 2, "task": ["math"] * 2,

@@ -70,7 +70,8 @@ def test_report_builds(smoke_run):
 def test_smoke_items_and_four_outcome_findings(smoke_run):
     import json
 
-    from taskprune.findings import ITEM_COLUMNS, OUTCOMES
+    from taskprune.report.estimates import OUTCOMES
+    from taskprune.report.results import ITEM_COLUMNS
 
     items = pl.read_parquet(smoke_run / "results/items.parquet")
     assert set(ITEM_COLUMNS) | {"recovery"} <= set(items.columns)

@@ -24,10 +24,10 @@ from taskprune.evaluate import (
     stop_strings_for,
     token_f1,
     truncate_base_completion,
-    wilson_interval,
 )
 from taskprune.metric_names import FINAL_ANSWER_NUMERIC_MATCH, HEADLINE_METRIC
 from taskprune.metrics import GATHERED_COLUMNS, METRICS_COLUMNS
+from taskprune.report.estimates import wilson_interval
 from taskprune.sandbox import run_programs
 
 # ------------------------------------------------------------------------------------------- code
@@ -145,11 +145,11 @@ def test_sentence_embedding_cosine():
 
 
 def test_wilson_interval_known_values():
-    low, high = wilson_interval(8, 10)
+    low, high = wilson_interval(8 / 10, 10)
     assert (round(low, 4), round(high, 4)) == (0.4902, 0.9433)  # textbook value for 8/10
-    low, high = wilson_interval(0, 20)
+    low, high = wilson_interval(0 / 20, 20)
     assert low == 0.0 and 0.15 < high < 0.17
-    assert all(math.isnan(x) for x in wilson_interval(0, 0))
+    assert all(math.isnan(x) for x in wilson_interval(math.nan, 0))  # n = 0: no interval
 
 
 def test_bootstrap_interval_deterministic_and_sane():

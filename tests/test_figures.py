@@ -10,9 +10,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from taskprune import figures
 from taskprune.cli import main
 from taskprune.metric_names import HEADLINE_METRIC
+from taskprune.report import figures
+from taskprune.report.results import load_results
+from taskprune.report.tables import TABLES
 
 LEVELS = (10, 30)
 D_FF, LAYERS = 24, 2
@@ -139,7 +141,7 @@ def test_every_figure_and_table_from_a_full_grid(tmp_path):
     for name in figures.FIGURES:
         check_png(tmp_path / "figures" / f"{name}.png")
         check_svg(tmp_path / "figures" / f"{name}.svg")
-    for name in figures.TABLES:
+    for name in TABLES:
         assert (tmp_path / "tables" / name).stat().st_size > 100
     # No temporary files are left behind by the atomic writes.
     assert not [p for p in (tmp_path / "figures").iterdir() if ".tmp" in p.name]
@@ -172,7 +174,7 @@ def test_partial_grid_still_writes_every_figure(tmp_path):
 
 def test_removed_neuron_counts_and_overlap(tmp_path):
     paths = synthetic_results(tmp_path / "results", methods=("selective", "reverse"), efficiency=False)
-    res = figures.load_results(paths["metrics"], scores=[paths["scores"]], pruned_root=paths["pruned_root"])
+    res = load_results(paths["metrics"], scores=[paths["scores"]], pruned_root=paths["pruned_root"])
     man = res.manifests
     assert man is not None and set(man["method"].unique()) == {"selective", "reverse"}
     k10 = round(0.10 * D_FF)
@@ -182,9 +184,8 @@ def test_removed_neuron_counts_and_overlap(tmp_path):
 
 def test_figure_names_have_captions():
     report = Path(__file__).resolve().parents[1] / "workflow" / "report"
-    for name, caption in figures.FIGURES.items():
-        assert (report / caption).is_file(), f"caption {caption} of figure {name} is missing"
-    assert set(figures.FIGURE_FUNCTIONS) == set(figures.FIGURES)
+    for name, spec in figures.FIGURES.items():
+        assert spec.name == name and (report / spec.caption).is_file(), f"caption {spec.caption} of figure {name} is missing"
 
 
 def test_bad_input_is_one_line_error(tmp_path, capsys):
@@ -202,7 +203,7 @@ def test_findings_json_is_not_required_but_used(tmp_path):
                               manifests=False)
     findings = tmp_path / "f.json"
     main(["findings", "--items", items_from_metrics(paths["metrics"], tmp_path / "items.parquet"), "--out", str(findings)])
-    res = figures.load_results(paths["metrics"], findings=str(findings))
+    res = load_results(paths["metrics"], findings=str(findings))
     verdict = res.verdict("selective_beats_random")
     status = next(c for c in json.loads(findings.read_text())["claims"] if c["id"] == "selective_beats_random")
     assert verdict is not None and status["status"].upper() in verdict
@@ -216,7 +217,7 @@ def test_recovery_recipes_figure_keeps_recipes_apart(tmp_path):
     lora = table.with_columns(pl.when(recovered).then(pl.lit("lora")).otherwise(pl.lit(None)).alias("recovery"))
     kd = lora.filter(recovered).with_columns(pl.lit("lora-kd").alias("recovery"), pl.col("value") * 0.5)
     pl.concat([lora, kd]).write_parquet(paths["metrics"])
-    res = figures.load_results(paths["metrics"])
+    res = load_results(paths["metrics"])
     assert res.recipes("tiny-math", "selective") == ["lora", "lora-kd"]
     lora_rows = res.rows("tiny-math", "accuracy", method="selective", stage="recovered")
     kd_rows = res.rows("tiny-math", "accuracy", method="selective", stage="recovered", recovery="lora-kd")

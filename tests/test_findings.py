@@ -8,9 +8,11 @@ import math
 import polars as pl
 import pytest
 
-from taskprune import findings as F
 from taskprune.cli import main
 from taskprune.metric_names import MATH_HEADLINE_METRIC
+from taskprune.report.claims import compute_findings
+from taskprune.report.estimates import RULES, overall_outcome, paired
+from taskprune.report.results import Items, validate_items
 
 Z = 1.959963984540054
 N = 200  # items per task
@@ -38,7 +40,7 @@ def table(rows: list[dict]) -> pl.DataFrame:
 
 
 def run(rows: list[dict], eff: pl.DataFrame | None = None) -> dict:
-    return F.compute_findings(F.validate_items(table(rows), "test"), eff)
+    return compute_findings(validate_items(table(rows), "test"), eff)
 
 
 def claim(findings: dict, cid: str) -> dict:
@@ -64,16 +66,16 @@ def unpaired_tie(ka: int, kb: int, n: int) -> bool:
 
 def test_paired_bootstrap_by_hand():
     # A is right on items 0..149, B on 0..139: every discordant item favours A, d = +0.05 exactly.
-    a = F.Items(table(items("m", "selective", 10, 150))).get("m", "selective", 10)
-    b = F.Items(table(items("m", "random", 10, 140))).get("m", "random", 10)
-    c = F.paired(a, b)
+    a = Items(table(items("m", "selective", 10, 150))).get("m", "selective", 10)
+    b = Items(table(items("m", "random", 10, 140))).get("m", "random", 10)
+    c = paired(a, b)
     assert c.diff == pytest.approx(0.05) and c.n_items == N
     # Independent truth: the per-item differences are 1 on 10 items and 0 on 190, so the normal-theory paired
     # interval is d -/+ 1.96 * sd(d_i) / sqrt(n) with sd(d_i) = sqrt(0.05 * 0.95): width 0.0604.
     width = 2 * Z * math.sqrt(0.05 * 0.95 / N)
     assert c.verdict == "higher" and c.ci_high - c.ci_low == pytest.approx(width, rel=0.15)
     # Identical sides: a zero difference with a zero-width interval, a tie.
-    same = F.paired(a, a)
+    same = paired(a, a)
     assert (same.diff, same.ci_low, same.ci_high, same.verdict) == (0.0, 0.0, 0.0, "tie")
 
 
@@ -81,8 +83,8 @@ def test_bootstrap_is_seeded_and_records_its_resamples():
     rows = items("m", "base", 0, N) + items("m", "selective", 10, 150) + items("m", "random", 10, 120, seed=33)
     first, second = run(rows), run(rows)
     assert first == second
-    assert first["rules"]["constants"]["bootstrap_resamples"] == F.RULES.bootstrap_resamples >= 1000
-    assert first["rules"]["constants"]["bootstrap_seed"] == F.RULES.bootstrap_seed
+    assert first["rules"]["constants"]["bootstrap_resamples"] == RULES.bootstrap_resamples >= 1000
+    assert first["rules"]["constants"]["bootstrap_seed"] == RULES.bootstrap_seed
     assert set(first["outcomes"]) == {"reproduced", "not reproduced", "contradicted", "inconclusive"}
 
 
@@ -166,11 +168,11 @@ def test_missing_method_is_inconclusive():
 
 
 def test_overall_rule_over_specialists():
-    assert F.overall_outcome(["reproduced", "inconclusive"]) == "reproduced"
-    assert F.overall_outcome(["reproduced", "not reproduced"]) == "not reproduced"
-    assert F.overall_outcome(["contradicted", "contradicted"]) == "contradicted"
-    assert F.overall_outcome(["reproduced", "contradicted"]) == "not reproduced"
-    assert F.overall_outcome(["inconclusive", "inconclusive"]) == "inconclusive"
+    assert overall_outcome(["reproduced", "inconclusive"]) == "reproduced"
+    assert overall_outcome(["reproduced", "not reproduced"]) == "not reproduced"
+    assert overall_outcome(["contradicted", "contradicted"]) == "contradicted"
+    assert overall_outcome(["reproduced", "contradicted"]) == "not reproduced"
+    assert overall_outcome(["inconclusive", "inconclusive"]) == "inconclusive"
     good = _curves("tiny-math", N, [190, 180], [150, 120], [10, 20])
     flat = _curves("tiny-code", N, [150, 120], [150, 120], [10, 20])
     c = claim(run(good + flat), "selective_beats_random")
@@ -305,7 +307,7 @@ def test_trends_describe_retention_and_trap_rate():
         d = items("m", "selective", lv, ret, task="conversation", role="distractor")
         rows += [r | {"hit_limit": float(int(r["id"][1:]) < trap)} for r in d]
     df = table(rows).with_columns(pl.Series("hit_limit", [r.get("hit_limit") for r in rows], dtype=pl.Float64))
-    t = F.compute_findings(F.validate_items(df, "test"))["trends"]["per_model"]["m"]["selective"]
+    t = compute_findings(validate_items(df, "test"))["trends"]["per_model"]["m"]["selective"]
     assert t["distractor_retention"]["spearman"] == pytest.approx(-1.0)
     assert t["distractor_retention"]["reading"] == "falls with the level beyond noise"
     assert t["trap_rate"]["spearman"] == pytest.approx(1.0) and t["trap_rate"]["ci95"][0] > 0

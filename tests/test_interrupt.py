@@ -275,7 +275,7 @@ def test_sigkill_in_stats_and_prune_jobs_then_rerun_gives_identical_results(refe
 
 
 def test_stale_temp_checkpoint_of_a_killed_prune_job_is_not_read_as_a_result(tmp_path):
-    from taskprune.figures import _load_manifests, _manifest_files
+    from taskprune.report.results import _load_manifests, _manifest_files
 
     level_dir = tmp_path / "pruned" / MODEL / "selective" / "10"
     done = level_dir / "0"

@@ -103,7 +103,7 @@ def test_figure_draws_the_table(tmp_path):
     matplotlib.use("Agg")
     from types import SimpleNamespace
 
-    from taskprune import figures
+    from taskprune.report import figures
 
     rng = np.random.default_rng(5)
     spec = {"m": [rng.normal(size=10)], "c": [rng.normal(size=10)]}

@@ -62,6 +62,7 @@ from taskprune.metric_names import (
     MATH_VERIFY_HEADLINE_COLUMN,
     RETENTION_HEADLINE_METRIC,
 )
+from taskprune.report.estimates import wilson_interval
 
 logger = logging.getLogger(__name__)
 
@@ -432,20 +433,6 @@ def get_embedder(device: str = "cpu") -> SentenceEmbedder:
 
 # ------------------------------------------------------------------------------------------ intervals
 
-Z95 = 1.959963984540054
-
-
-
-def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion (NaN for n = 0)."""
-    if n <= 0:
-        return math.nan, math.nan
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
 
 def bootstrap_interval(values: Sequence[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap 95% interval of the mean (seeded, so reruns give identical numbers)."""
@@ -465,8 +452,9 @@ def bootstrap_interval(values: Sequence[float], resamples: int = 2000, seed: int
 def proportion_row(metric: str, flags: Sequence[bool]) -> tuple[str, float, int, float, float]:
     n = len(flags)
     k = sum(bool(f) for f in flags)
-    low, high = wilson_interval(k, n)
-    return metric, (k / n if n else math.nan), n, low, high
+    p = k / n if n else math.nan
+    low, high = wilson_interval(p, n)  # taskprune.report.estimates: (NaN, NaN) for n = 0
+    return metric, p, n, low, high
 
 
 def mean_row(metric: str, values: Sequence[float]) -> tuple[str, float, int, float, float]:

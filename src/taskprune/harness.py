@@ -132,7 +132,8 @@ def harness_metric_rows(results: dict[str, Any], tasks: Sequence[str] | None = N
     scores in ``results["samples"]`` (Wilson when every score is 0/1, else percentile bootstrap), and for
     groups (no samples of their own) from lm-eval's stderr.
     """
-    from taskprune.evaluate import Z95, mean_row, proportion_row
+    from taskprune.evaluate import mean_row, proportion_row
+    from taskprune.report.estimates import Z95
 
     samples = results.get("samples") or {}
     rows = []

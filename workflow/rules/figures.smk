@@ -2,7 +2,7 @@
 
 FIGURE_NAMES = []  # filled in below from the figures module's list
 try:
-    from taskprune.figures import FIGURES as _FIGURES  # name -> caption file
+    from taskprune.report.figures import FIGURES as _FIGURES  # name -> spec (its caption file)
 
     FIGURE_NAMES = list(_FIGURES)
 except ImportError:  # the figures module is optional while developing
@@ -46,7 +46,7 @@ rule figures:
         [
             report(
                 f"results/figures/{n}.png",
-                caption=f"../report/{_FIGURES[n]}",
+                caption=f"../report/{_FIGURES[n].caption}",
                 category="2. Figures",
             )
             for n in FIGURE_NAMES

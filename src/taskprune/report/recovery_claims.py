@@ -11,14 +11,17 @@ this module decides, per specialist and pruning method recovered with both recip
 3. per recipe and level, the share of the pruning loss it recovers,
    ``(recovered - pruned) / (base - pruned)`` (descriptive, no verdict), for the target and the distractors.
 
-It reuses the findings' rules and helpers (:mod:`taskprune.findings`): paired bootstrap comparisons over
-the items both sides answered (:func:`~taskprune.findings.paired`), the beats-over-levels rule with its
-four outcomes (:func:`~taskprune.findings.directed_outcome`) and the overall rule over specialists
-(:func:`~taskprune.findings.overall_outcome`). A level is *informative* only where the pruned model lost
+It reuses the findings' rules and helpers (:mod:`taskprune.report.estimates`): paired bootstrap comparisons
+over the items both sides answered (:func:`~taskprune.report.estimates.paired`), the beats-over-levels rule
+with its four outcomes (:func:`~taskprune.report.estimates.directed_outcome`) and the overall rule over
+specialists (:func:`~taskprune.report.estimates.overall_outcome`). A level is *informative* only where the pruned model lost
 against the base beyond noise (for the target, or for the distractors' retention): where pruning lost
 nothing there is nothing to recover, so such levels are listed and never counted. Both recipes share the
 pruned model as their reference, so the same levels are informative for "lora-kd beats lora" and for
 its opposite (``contradicted``: lora beats lora-kd by the same rule).
+
+Used by :mod:`taskprune.report.claims` (the findings' ``recovery_recipes``); its report blocks are
+rendered by :func:`taskprune.report.render.recipe_blocks`.
 """
 
 from __future__ import annotations
@@ -27,17 +30,17 @@ from typing import Any
 
 import polars as pl
 
-from taskprune.findings import (
+from taskprune.recipes import PAPER_RECIPE
+from taskprune.report.estimates import (
     INCONCLUSIVE,
-    RULE_TEXT,
-    Items,
+    OVERALL_RULE,
     Side,
     directed_outcome,
     overall_outcome,
     paired,
     summarise,
 )
-from taskprune.recipes import PAPER_RECIPE
+from taskprune.report.results import Items
 
 CHALLENGER_RECIPE = "lora-kd"
 BASELINE_RECIPE = PAPER_RECIPE
@@ -129,7 +132,7 @@ def _claim(cid: str, text: str, acc: Items) -> dict[str, Any]:
     status = overall_outcome([v["status"] for v in per_model.values()])
     summary = "; ".join(f"{k}: {v['status']}, {v['summary']}" for k, v in per_model.items())
     return {"id": cid, "claim": text, "source": "beyond the paper", "rule": RULES[cid],
-            "overall_rule": RULE_TEXT["overall"], "status": status, "per_model": per_model,
+            "overall_rule": OVERALL_RULE, "status": status, "per_model": per_model,
             "summary": summary or f"no variant recovered with {CHALLENGER_RECIPE}"}  # fmt: skip
 
 
@@ -149,33 +152,3 @@ def recovery_recipe_findings(items: pl.DataFrame) -> dict[str, Any]:
                    f"{BASELINE_RECIPE}.", distractor),
         ],
     }  # fmt: skip
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.0f}%"
-
-
-def report_blocks(result: dict[str, Any]) -> list[tuple[str, Any]]:
-    """The recipe findings as the findings report's blocks ('h2'|'h3'|'p'|'table', content)."""
-    from taskprune.findings import _fmt_cmp, _fmt_est
-
-    blocks: list[tuple[str, Any]] = [("h2", "Recovery recipes at a matched budget (beyond the paper)")]
-    blocks.append(("p", f"{BASELINE_RECIPE}: LoRA on the task's labels (the paper's); {CHALLENGER_RECIPE}: the same "
-                   "adapters, examples, order and steps, distilled from the unpruned model. "
-                   f"Share recovered: {RULES['share_recovered']}."))  # fmt: skip
-    for cl in result["claims"]:
-        blocks.append(("h3", f"{cl['claim']} — {cl['status'].upper()}"))
-        blocks.append(("p", f"Rule: {cl['rule']}. Overall: {cl['overall_rule']}."))
-        for key, entry in cl["per_model"].items():
-            blocks.append(("p", f"{key}: {entry['status']}, {entry['summary']}."))
-            if not entry.get("per_level"):
-                continue
-            head = ["level %", "pruned % [95% CI]", "pruned - base (pp, paired)", f"{BASELINE_RECIPE} %",
-                    f"{CHALLENGER_RECIPE} %", f"{CHALLENGER_RECIPE} - {BASELINE_RECIPE} (pp, paired) [95% CI]",
-                    f"share recovered ({BASELINE_RECIPE} / {CHALLENGER_RECIPE})", "counted"]  # fmt: skip
-            rows = [[x["level"], _fmt_est(x["pruned"]), _fmt_cmp(x["pruned_vs_base"]), _fmt_est(x[BASELINE_RECIPE]),
-                     _fmt_est(x[CHALLENGER_RECIPE]), _fmt_cmp(x["comparison"]),
-                     " / ".join(_pct(x["share_recovered"][r]) for r in (BASELINE_RECIPE, CHALLENGER_RECIPE)),
-                     "yes" if x["informative"] else "no: pruning lost nothing"] for x in entry["per_level"]]  # fmt: skip
-            blocks.append(("table", (head, rows)))
-    return blocks
