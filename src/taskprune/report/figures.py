@@ -1,21 +1,18 @@
 """The figures of a run, drawn from its Parquet results alone, and their registry.
 
 Everything here reads finished tables (``results/metrics.parquet``, ``results/bench/efficiency.parquet``,
-score tables, pruning manifests, optionally ``results/findings.json``) and never a model, so
-``snakemake --forcerun figures`` re-renders in seconds. Each figure is written as PNG and SVG under a
-fixed name, one row of panels per specialist. A figure is a function of the :class:`~taskprune.report.results.Results`
-registered in :data:`FIGURES` by the :func:`figure` decorator, which carries its name and its caption file in
-``workflow/report/``; the figures stage renders every registered figure in registration order. A figure whose data is missing from a partial grid is still written, with the missing panels
-saying so, so the rule's outputs always exist.
+score tables, pruning manifests, optionally ``results/findings.json``), never a model. A figure is a
+function of the :class:`~taskprune.report.results.Results`, registered in :data:`FIGURES` by the
+:func:`figure` decorator with its name (written as PNG and SVG) and its caption file in ``workflow/report/``;
+the figures stage renders every registered figure in registration order, one row of panels per
+specialist. A figure whose data is missing from a partial grid is still written, its panels saying so.
 
-Colours and line styles are fixed per pruning method across all figures: blues for selective pruning
-(one shade per score), grey for random (mean over seeds, band = min-max over seeds), reds for reverse
-pruning (dashed), black dotted for the unpruned base model. Bands around single-seed lines are the 95%
-intervals over evaluation items stored in the metrics table.
+Colours and line styles are fixed per pruning method (:mod:`taskprune.report.style`): blues for selective,
+grey for random (mean over seeds, band = min-max over seeds), reds for reverse (dashed), black dotted for
+the base model. Bands around single-seed lines are the 95% item intervals of the metrics table.
 
-Imported at parse time by the Snakefile (``workflow/rules/figures.smk`` reads :data:`FIGURES`), so module
-import stays light: polars, pandas, matplotlib and seaborn are imported inside the functions. Used by
-the figures stage (``taskprune figures``).
+The Snakefile imports :data:`FIGURES` at parse time, so module import stays light: polars, pandas,
+matplotlib and seaborn are imported inside the functions. Used by the figures stage and the Snakefile.
 """
 
 from __future__ import annotations
