@@ -570,7 +570,7 @@ def _compute_findings(items: pl.DataFrame, efficiency: pl.DataFrame | None) -> d
         claim_efficiency(efficiency),
         claim_selectivity_beyond_magnitude(acc),
     ]
-    metrics = items.filter(pl.col("role") == "target").group_by("model").agg(pl.col("metric").unique().sort())
+    metrics = items.filter(pl.col("role") == "target").group_by("model").agg(pl.col("metric").unique().sort()).sort("model")
     return _json_safe({
         "rules": {**RULE_TEXT, "constants": asdict(RULES)},
         "outcomes": list(OUTCOMES),
