@@ -15,10 +15,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from taskprune import flops, grid
 from taskprune.arch import get_adapter, mlp_modules
 from taskprune.errors import DataError, ModelError
-from taskprune.perf import engines
+from taskprune.perf import engines as perf_engines
 from taskprune.perf import measure as pmeasure
 
-GATED_TIGHT = [a for a in ARCHITECTURES if a in engines.TIGHT_MODEL_TYPES]
+GATED_TIGHT = [a for a in ARCHITECTURES if a in perf_engines.TIGHT_MODEL_TYPES]
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -211,10 +211,10 @@ def test_engines_reproduce_greedy_decoding(arch):
     engines = ["hf"] + (["tight"] if arch in GATED_TIGHT else [])
     for name in engines:
         for static in (True, False) if name == "hf" else (True,):
-            engine = engines.make_engine(tiny_model(arch), name, 3, 14, static_cache=static, compile=False)
+            engine = perf_engines.make_engine(tiny_model(arch), name, 3, 14, static_cache=static, compile=False)
             with torch.inference_mode():
-                first = engines.generate_tokens(engine, ids, 8)
-                again = engines.generate_tokens(engine, ids, 8)  # a reused engine starts clean
+                first = perf_engines.generate_tokens(engine, ids, 8)
+                again = perf_engines.generate_tokens(engine, ids, 8)  # a reused engine starts clean
             assert torch.equal(first, reference), (name, static)
             assert torch.equal(again, reference), (name, static)
 
@@ -223,16 +223,16 @@ def test_tight_engine_handles_per_layer_widths_and_gqa():
     model = shrink_mlps(tiny_model("qwen2"), [37, 61])  # qwen2: q/k/v biases, 4 query vs 2 kv heads
     ids = torch.randint(3, 90, (2, 5), generator=torch.Generator().manual_seed(2))
     reference = greedy_reference(model, ids, 6)
-    engine = engines.make_engine(model, "tight", 2, 11, static_cache=True, compile=False)
+    engine = perf_engines.make_engine(model, "tight", 2, 11, static_cache=True, compile=False)
     with torch.inference_mode():
-        assert torch.equal(engines.generate_tokens(engine, ids, 6), reference)
+        assert torch.equal(perf_engines.generate_tokens(engine, ids, 6), reference)
 
 
 def test_engine_choice():
-    assert engines.resolve_engine("auto", tiny_config("llama")) == "tight"
-    assert engines.resolve_engine("auto", tiny_config("gpt2")) == "hf"
+    assert perf_engines.resolve_engine("auto", tiny_config("llama")) == "tight"
+    assert perf_engines.resolve_engine("auto", tiny_config("gpt2")) == "hf"
     with pytest.raises(ModelError, match="does not support model type 'gpt_neox'"):
-        engines.resolve_engine("tight", tiny_config("gpt_neox"))
+        perf_engines.resolve_engine("tight", tiny_config("gpt_neox"))
 
 
 # ----------------------------------------------------------------------------- checkpoints + CLI
