@@ -12,11 +12,13 @@ import torch
 from conftest import ARCHITECTURES, tiny_config, tiny_model
 from torch.utils.flop_counter import FlopCounterMode
 
-from taskprune import bench, flops
+from taskprune import flops, grid
 from taskprune.arch import get_adapter, mlp_modules
 from taskprune.errors import DataError, ModelError
+from taskprune.perf import engines as perf_engines
+from taskprune.perf import measure as pmeasure
 
-GATED_TIGHT = [a for a in ARCHITECTURES if a in bench.TIGHT_MODEL_TYPES]
+GATED_TIGHT = [a for a in ARCHITECTURES if a in perf_engines.TIGHT_MODEL_TYPES]
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -209,10 +211,10 @@ def test_engines_reproduce_greedy_decoding(arch):
     engines = ["hf"] + (["tight"] if arch in GATED_TIGHT else [])
     for name in engines:
         for static in (True, False) if name == "hf" else (True,):
-            engine = bench.make_engine(tiny_model(arch), name, 3, 14, static_cache=static, compile=False)
+            engine = perf_engines.make_engine(tiny_model(arch), name, 3, 14, static_cache=static, compile=False)
             with torch.inference_mode():
-                first = bench.generate_tokens(engine, ids, 8)
-                again = bench.generate_tokens(engine, ids, 8)  # a reused engine starts clean
+                first = perf_engines.generate_tokens(engine, ids, 8)
+                again = perf_engines.generate_tokens(engine, ids, 8)  # a reused engine starts clean
             assert torch.equal(first, reference), (name, static)
             assert torch.equal(again, reference), (name, static)
 
@@ -221,16 +223,16 @@ def test_tight_engine_handles_per_layer_widths_and_gqa():
     model = shrink_mlps(tiny_model("qwen2"), [37, 61])  # qwen2: q/k/v biases, 4 query vs 2 kv heads
     ids = torch.randint(3, 90, (2, 5), generator=torch.Generator().manual_seed(2))
     reference = greedy_reference(model, ids, 6)
-    engine = bench.make_engine(model, "tight", 2, 11, static_cache=True, compile=False)
+    engine = perf_engines.make_engine(model, "tight", 2, 11, static_cache=True, compile=False)
     with torch.inference_mode():
-        assert torch.equal(bench.generate_tokens(engine, ids, 6), reference)
+        assert torch.equal(perf_engines.generate_tokens(engine, ids, 6), reference)
 
 
 def test_engine_choice():
-    assert bench.resolve_engine("auto", tiny_config("llama")) == "tight"
-    assert bench.resolve_engine("auto", tiny_config("gpt2")) == "hf"
+    assert perf_engines.resolve_engine("auto", tiny_config("llama")) == "tight"
+    assert perf_engines.resolve_engine("auto", tiny_config("gpt2")) == "hf"
     with pytest.raises(ModelError, match="does not support model type 'gpt_neox'"):
-        bench.resolve_engine("tight", tiny_config("gpt_neox"))
+        perf_engines.resolve_engine("tight", tiny_config("gpt_neox"))
 
 
 # ----------------------------------------------------------------------------- checkpoints + CLI
@@ -245,8 +247,8 @@ def test_checkpoint_widths_read_from_headers(arch, tmp_path):
     widths = [37, 61]
     path = save(shrink_mlps(tiny_model(arch), widths), tmp_path / arch)
     config = tiny_config(arch)
-    assert bench.checkpoint_widths(path, config) == widths
-    assert bench.bytes_on_disk(path) == sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    assert pmeasure.checkpoint_widths(path, config) == widths
+    assert pmeasure.bytes_on_disk(path) == sum(f.stat().st_size for f in path.glob("*.safetensors"))
 
 
 TINY_BENCH = {
@@ -288,16 +290,16 @@ def test_bench_measure_writes_well_formed_rows(tmp_path, monkeypatch):
     worker processes: the model and its model-less twin)."""
     import polars as pl
 
-    monkeypatch.setattr(bench, "MEMORY_PAIRS_MAX", 1)  # one model/baseline process pair keeps this fast
+    monkeypatch.setattr(pmeasure, "MEMORY_PAIRS_MAX", 1)  # one model/baseline process pair keeps this fast
     pids = []
-    run_worker = bench._run_worker
+    run_worker = pmeasure.run_isolated
 
     def recording(*args, **kwargs):
         result = run_worker(*args, **kwargs)
         pids.append(result["pid"])
         return result
 
-    monkeypatch.setattr(bench, "_run_worker", recording)
+    monkeypatch.setattr(pmeasure, "run_isolated", recording)
     pruned = save(tiny_model("llama", d_ff=52), tmp_path / "pruned")
     twin = save(tiny_model("llama", d_ff=52, seed=5), tmp_path / "twin")
     out = tmp_path / "p.parquet"
@@ -319,7 +321,7 @@ def test_bench_measure_writes_well_formed_rows(tmp_path, monkeypatch):
     )
 
     df = pl.read_parquet(out)
-    assert df.columns == list(bench._schema())
+    assert df.columns == list(pmeasure.per_variant_schema())
     assert df.height == 3 and df["variant"].is_unique().all()  # one row per variant
     assert df["peak_memory_bytes"].n_unique() == 1 and df["peak_memory_bytes"][0] > 0
     assert len(pids) == 2 and len(set(pids)) == 2 and os.getpid() not in pids  # a fresh process each
@@ -327,13 +329,13 @@ def test_bench_measure_writes_well_formed_rows(tmp_path, monkeypatch):
     rows = {r["variant"]: r for r in df.iter_rows(named=True)}
     measured = rows["m/selective/35/0"]
     assert (measured["params_total"], measured["params_mlp"]) == counted_params(tiny_model("llama", d_ff=52))
-    assert measured["bytes_on_disk"] == bench.bytes_on_disk(pruned)
+    assert measured["bytes_on_disk"] == pmeasure.bytes_on_disk(pruned)
     assert measured["mlp_widths"] == [52, 52] and measured["stage"] == "pruned" and measured["device"] == "cpu"
     random_row, recovered_row = rows["m/random/35/7"], rows["m/selective/35/0/recovered-lora"]
     assert random_row["measured_variant"] == recovered_row["measured_variant"] == "m/selective/35/0"
     assert (random_row["method"], random_row["seed"], random_row["level_pct"]) == ("random", 7, 35.0)
     assert recovered_row["stage"] == "recovered"
-    assert random_row["bytes_on_disk"] == bench.bytes_on_disk(twin)
+    assert random_row["bytes_on_disk"] == pmeasure.bytes_on_disk(twin)
 
 
 def test_label_checkpoint_with_other_shapes_is_refused(tmp_path):
@@ -342,7 +344,7 @@ def test_label_checkpoint_with_other_shapes_is_refused(tmp_path):
     a = save(tiny_model("llama", d_ff=52), tmp_path / "a")
     b = save(tiny_model("llama", d_ff=60), tmp_path / "b")
     with pytest.raises(ModelError, match="different shapes"):
-        bench.measure_variant(
+        pmeasure.measure_variant(
             a,
             "m/selective/10/0",
             BenchConfig(**TINY_BENCH),
@@ -351,9 +353,9 @@ def test_label_checkpoint_with_other_shapes_is_refused(tmp_path):
             label_checkpoints=[str(b)],
         )
     with pytest.raises(ModelError, match="nobody/nothing: not a local checkpoint"):
-        bench.measure_variant("nobody/nothing", "m/base", BenchConfig(**TINY_BENCH), device="cpu")
+        pmeasure.measure_variant("nobody/nothing", "m/base", BenchConfig(**TINY_BENCH), device="cpu")
     with pytest.raises(DataError, match="--variant 'nonsense'"):
-        bench.measure_variant(a, "nonsense", BenchConfig(**TINY_BENCH), device="cpu")
+        pmeasure.measure_variant(a, "nonsense", BenchConfig(**TINY_BENCH), device="cpu")
 
 
 @pytest.mark.parametrize("allocation", ["uniform", "global"])
@@ -382,7 +384,7 @@ def test_bench_plan_covers_every_variant_once(allocation):
             },
         }
     )
-    plan = bench.bench_plan(cfg)
+    plan = grid.bench_plan(cfg)
     labelled = [v for members in plan.values() for v in members]
     assert sorted(labelled) == sorted(v.path for v in all_variants(cfg))
     for measured, members in plan.items():

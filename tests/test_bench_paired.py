@@ -12,9 +12,10 @@ import polars as pl
 import pytest
 import torch
 
-from taskprune import bench, bench_paired, flops
+from taskprune import flops, grid
 from taskprune.config import BenchConfig, PruningConfig, validate_config
 from taskprune.errors import ConfigError, DataError
+from taskprune.perf import gather, measure, paired
 
 NUMBERS = {
     "model_type": "qwen2", "hidden_size": 64, "intermediate_size": 320, "num_hidden_layers": 3,
@@ -31,13 +32,13 @@ def test_median_ci_brackets_the_median_and_narrows_with_agreement():
     rng = np.random.default_rng(3)
     spread = list(1.3 + rng.normal(0, 0.2, 9))
     tight = list(1.3 + rng.normal(0, 0.01, 9))
-    m, lo, hi = bench_paired.median_ci(spread)
+    m, lo, hi = paired.median_ci(spread)
     assert m == pytest.approx(float(np.median(spread)))
     assert lo <= m <= hi
-    _, lo2, hi2 = bench_paired.median_ci(tight)
+    _, lo2, hi2 = paired.median_ci(tight)
     assert hi2 - lo2 < (hi - lo) / 5
-    assert bench_paired.median_ci([1.2] * 7) == (1.2, 1.2, 1.2)
-    assert bench_paired.median_ci([1.2, float("nan"), 1.2])[0] == 1.2
+    assert paired.median_ci([1.2] * 7) == (1.2, 1.2, 1.2)
+    assert paired.median_ci([1.2, float("nan"), 1.2])[0] == 1.2
 
 
 @pytest.mark.parametrize(
@@ -51,7 +52,7 @@ def test_median_ci_brackets_the_median_and_narrows_with_agreement():
     ],
 )
 def test_noisy_rule(speedup, low, high, load, pairs, noisy):
-    assert bench_paired.is_noisy(speedup, low, high, load, threads=2, n_pairs=pairs) is noisy
+    assert paired.is_noisy(speedup, low, high, load, threads=2, n_pairs=pairs) is noisy
 
 
 def test_summarise_pairs_rounds_and_marks_noise():
@@ -67,7 +68,7 @@ def test_summarise_pairs_rounds_and_marks_noise():
                          "runs_per_repeat": 1, "load_avg_1m": 0.5, "threads": 2, "built_layers": 3, "num_layers": 3,
                          "mlp_width": 320 if which == "base" else 206, "dtype_bytes": 4, "torch_version": "x",
                          "device": "cpu", "build_seconds": 0.1})  # fmt: skip
-    out = bench_paired.summarise(pl.DataFrame(rows), plan)
+    out = paired.summarise(pl.DataFrame(rows), plan)
     row = out.filter(pl.col("level") == "35.71").row(0, named=True)
     assert row["measured_speedup"] == pytest.approx(float(np.median(ratios)))
     assert row["n_pairs"] == 7 and row["noisy"] is False
@@ -82,7 +83,7 @@ def test_summarise_pairs_rounds_and_marks_noise():
     base = out.filter(pl.col("level").is_null()).row(0, named=True)
     assert (base["measured_speedup"], base["noisy"], base["realised_fraction"]) == (1.0, False, None)
     loud = pl.DataFrame(rows).with_columns(pl.lit(5.0).alias("load_avg_1m"))
-    assert bench_paired.summarise(loud, plan).filter(pl.col("level") == "35.71")["noisy"].item() is True
+    assert paired.summarise(loud, plan).filter(pl.col("level") == "35.71")["noisy"].item() is True
 
 
 # ----------------------------------------------------------------------------------- models from numbers
@@ -95,13 +96,13 @@ def _config(width: int):
                        num_key_value_heads=2, vocab_size=128, tie_word_embeddings=True)  # fmt: skip
 
 
-def _plan(**kw) -> bench_paired.FamilyPlan:
+def _plan(**kw) -> grid.FamilyPlan:
     base = {"shapes": NUMBERS, "level": None, "measured_layers": None}
     settings = {"name": "fam", "source": "shapes", "base": base, "levels": {"35.71": {**base, "level": "35.71"}},
                 "num_layers": 3, "measured_layers": None, "batch_sizes": [2], "phases": ["decode"],
                 "prompt_tokens": 8, "new_tokens": 4, "engines": ["stock"], "pairs": 2, "warmup": 0, "repeats": 1,
                 "min_repeat_s": 0.0, "threads": 1}  # fmt: skip
-    return bench_paired.FamilyPlan(**{**settings, **kw})
+    return grid.FamilyPlan(**{**settings, **kw})
 
 
 def test_shapes_model_is_pruned_like_a_pipeline_checkpoint(tmp_path):
@@ -111,7 +112,7 @@ def test_shapes_model_is_pruned_like_a_pipeline_checkpoint(tmp_path):
 
     from taskprune import prune
 
-    base = bench_paired.build_shapes_model(NUMBERS, None, None)
+    base = paired.build_shapes_model(NUMBERS, None, None)
     assert type(base).__name__ == "Qwen2ForCausalLM"
     assert base.lm_head.weight.data_ptr() == base.model.embed_tokens.weight.data_ptr()  # tied
     counts = flops.param_counts(flops.shape_from_config(base.config))
@@ -119,10 +120,10 @@ def test_shapes_model_is_pruned_like_a_pipeline_checkpoint(tmp_path):
     base.save_pretrained(tmp_path / "base")
     layout = prune.read_layout(tmp_path / "base")
     plan = prune.plan_pruning("random", Fraction("35.71"), layout.widths, PruningConfig(levels=[35.71]),
-                              seed=bench_paired.SYNTHETIC_SEED)  # fmt: skip
+                              seed=paired.SYNTHETIC_SEED)  # fmt: skip
     prune.write_pruned_checkpoint(layout, plan, tmp_path / "pruned", record={})
     expected = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned").eval()
-    got = bench_paired.build_shapes_model(NUMBERS, "35.71", None)
+    got = paired.build_shapes_model(NUMBERS, "35.71", None)
     assert got.config.intermediate_size == 320 - prune.removal_count(Fraction("35.71"), 320) == 206
     got_state, want_state = got.state_dict(), expected.state_dict()
     assert set(got_state) == set(want_state)
@@ -135,14 +136,14 @@ def test_shapes_model_is_pruned_like_a_pipeline_checkpoint(tmp_path):
 
 def test_stock_runner_rewinds_decode_to_the_same_positions():
     """Repeated decode runs after one prefill give the greedy continuation every time (cache rewound)."""
-    model = bench_paired.build_shapes_model(NUMBERS, None, None)
+    model = paired.build_shapes_model(NUMBERS, None, None)
     ids = torch.randint(0, 128, (2, 6), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         seq = ids
         for _ in range(4):
             seq = torch.cat([seq, model(seq).logits[:, -1].argmax(-1)[:, None]], 1)
     reference = seq[:, 6:]
-    runner = bench_paired.StockRunner(model, 2, 10)
+    runner = paired.StockRunner(model, 2, 10)
     with torch.inference_mode():
         first = runner.prefill(ids)
         assert torch.equal(first, reference[:, 0])
@@ -164,7 +165,7 @@ def _composed_over_direct_cpu(numbers: dict, spec: dict) -> tuple[float, dict]:
     composed, direct, composed_cpu, direct_cpu = [], [], [], []
     for _ in range(4):
         for layers, out, out_cpu in ((2, composed, composed_cpu), (None, direct, direct_cpu)):
-            res = bench_paired.trial_main({**spec, "source": {"shapes": numbers, "level": "35.71",
+            res = paired.trial_main({**spec, "source": {"shapes": numbers, "level": "35.71",
                                                               "measured_layers": layers}})  # fmt: skip
             out.append(res["timings"][0]["seconds"])
             out_cpu.append(res["timings"][0]["cpu_seconds"])
@@ -217,11 +218,11 @@ def test_family_plans_from_numbers_and_from_checkpoints():
     arch = _cfg().models["m"].architecture.model_dump()
     cfg = _cfg(shapes={"own": {**arch, "model_type": "llama", "levels": [35.71]},
                        "big": {**SHAPE_KEYS, "measured_layers": 1, "phases": ["decode"]}})
-    plans = bench_paired.family_plans(cfg)
+    plans = grid.family_plans(cfg)
     assert plans["own"].models == ["m", "twin"] and list(plans["own"].levels) == ["35.71"]
     assert plans["big"].models == [] and list(plans["big"].levels) == ["10", "35.71"]
     assert plans["big"].measured_layers == 1 and plans["big"].phases == ["decode"]
-    from_checkpoints = bench_paired.family_plans(_cfg())
+    from_checkpoints = grid.family_plans(_cfg())
     assert list(from_checkpoints) == ["m"]  # m and twin share their architecture: one family
     plan = from_checkpoints["m"]
     assert plan.base == {"checkpoint": "results/models/m"}
@@ -253,10 +254,10 @@ def test_family_and_gather_end_to_end(tmp_path, monkeypatch):
     per_variant = tmp_path / "v.parquet"
     rows = []
     for variant in ("m/base", "m/selective/35.71/0", "m/selective/10/0", "twin/base", "twin/selective/35.71/0"):
-        fields = bench._variant_fields(variant)
+        fields = measure.variant_fields(variant)
         rows.append({**fields, "params_total": 100, "params_mlp": 60, "bytes_on_disk": 400, "peak_memory_bytes": 1000,
                      "mlp_widths": [1], "device": "cpu", "measured_variant": variant})  # fmt: skip
-    pl.DataFrame(rows, schema_overrides=bench._schema()).write_parquet(per_variant)
+    pl.DataFrame(rows, schema_overrides=measure.per_variant_schema()).write_parquet(per_variant)
     other = _plan(name="other", models=[])
     other_path = tmp_path / "other.parquet"
     assert main(["bench", "family", "--plan", json.dumps(other.to_json()), "--output", str(other_path)]) == 0
@@ -264,7 +265,7 @@ def test_family_and_gather_end_to_end(tmp_path, monkeypatch):
     assert main(["bench", "gather", str(per_variant), "--families", str(fam), str(other_path),
                  "--output", str(out)]) == 0  # fmt: skip
     df = pl.read_parquet(out)
-    assert list(df.columns[: len(bench.CONTRACT_COLUMNS)]) == list(bench.CONTRACT_COLUMNS)
+    assert list(df.columns[: len(gather.CONTRACT_COLUMNS)]) == list(gather.CONTRACT_COLUMNS)
     mine = df.filter(pl.col("model") == "m")
     top = mine.filter(pl.col("variant") == "m/selective/35.71/0").row(0, named=True)
     assert top["shapes"] == "fam" and top["engine"] == "stock" and top["n_pairs"] == 2 and top["noisy"] is True
@@ -277,7 +278,7 @@ def test_family_and_gather_end_to_end(tmp_path, monkeypatch):
     assert own["peak_memory_bytes"].null_count() == own.height and (own["params_total"] > 0).all()
     assert df.filter(pl.col("model") == "twin")["shapes"].unique().to_list() == ["fam"]
     with pytest.raises(DataError, match="no shape-family benchmark files"):
-        bench_paired.gather_efficiency([per_variant], [])
+        gather.gather_efficiency([per_variant], [])
 
     # the figure: one row of panels per shape family (m and twin share one), the engine named
     from taskprune.report.claims import claim_efficiency
@@ -301,4 +302,4 @@ def test_bench_config_keys_are_validated():
         _cfg(engines=["fast"])
     with pytest.raises(ConfigError, match="bench.shapes.x.hiden_size"):
         _cfg(shapes={"x": {**SHAPE_KEYS, "hiden_size": 3}})
-    assert BenchConfig().engines == ["stock"] and BenchConfig().pairs >= bench_paired.MIN_PAIRS
+    assert BenchConfig().engines == ["stock"] and BenchConfig().pairs >= paired.MIN_PAIRS

@@ -387,7 +387,7 @@ def test_adapter_weights_match_the_modules(arch):
 
 def test_paper_baseline_agrees_with_streamed_stats(arch, prompts):
     """The benchmark's baseline (recompute gate/up, keep per-prompt arrays) computes the same numbers."""
-    from taskprune.bench_stats import run_paper
+    from taskprune.perf.stats_bench import run_paper
     from taskprune.stats import iter_padded_batches
 
     model = tiny_model(arch, vocab_size=VOCAB).double()
@@ -400,7 +400,7 @@ def test_paper_baseline_agrees_with_streamed_stats(arch, prompts):
 
 
 def bench_fixture(tmp_path):
-    from taskprune.bench_stats import save_random_llama, synthetic_prompts
+    from taskprune.perf.stats_bench import save_random_llama, synthetic_prompts
 
     model_dir = save_random_llama(tmp_path / "rand", hidden=32, layers=2, d_ff=160, vocab=300)
     data = write_dataset(tmp_path / "prompts.parquet", synthetic_prompts(10, seed=3))

@@ -130,6 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def forked_main(argv: list[str]) -> int:
+    """``taskprune argv`` in a child forked from the warm worker (``taskprune.perf.isolation``'s ``cli`` entry)."""
+    sys.argv = ["taskprune", *argv]
+    return main(argv)
+
+
 def entry() -> None:  # pragma: no cover - console-script shim
     """Console script: hand the command to the warm worker when Snakemake started one (see worker.py)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -438,7 +438,7 @@ SHAPE_NUMBER_KEYS: tuple[str, ...] = (
 
 class ShapeFamilyConfig(_Strict):
     """A shape family benchmarked from its numbers: a stock transformers model with random weights, pruned
-    at the levels by the pipeline's uniform rule (``taskprune.bench_paired``). Unset settings fall back to
+    at the levels by the pipeline's uniform rule (``taskprune.perf.paired``). Unset settings fall back to
     the ``bench`` section's."""
 
     model_type: Literal["llama", "qwen2"] = "llama"
@@ -478,7 +478,7 @@ class BenchConfig(_Strict):
     static_cache: bool = True
     compile: bool = True
     threads: int | None = None
-    # paired throughput of shape families (taskprune.bench_paired)
+    # paired throughput of shape families (taskprune.perf.paired)
     shapes: dict[str, ShapeFamilyConfig] = Field(default_factory=dict, description="shape families built from "
                                                  "numbers; empty: the run's own checkpoints")
     levels: list[float] | None = Field(None, description="pruning levels timed (default: all configured)")

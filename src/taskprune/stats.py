@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from taskprune.errors import ConfigError, DataError, ModelError
+from taskprune.perf.hooks import HookSet
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +334,7 @@ class _LayerMoments:
         self.n = n_new
 
 
-class StatsCollector:
+class StatsCollector(HookSet):
     """Forward pre-hooks on every layer's MLP output projection that stream :class:`ActivationStats`.
 
     Per batch, with ``A`` the hook input ``[B, T, d_ff]`` and ``M`` the 0/1 attention mask ``[B, T]``:
@@ -365,15 +366,9 @@ class StatsCollector:
         self._mask: Any = None  # [B, T] 0/1 in the activation dtype
         self._counts: Any = None  # [B, 1] float64
 
-    def __enter__(self) -> StatsCollector:
+    def _install(self) -> Iterator[Any]:
         for layer, module in enumerate(self.modules):
-            self._handles.append(module.register_forward_pre_hook(self._make_hook(layer)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+            yield module.register_forward_pre_hook(self._make_hook(layer))
 
     def set_batch(self, batch: PaddedBatch, dtype: Any) -> None:
         """Tell the hooks which tokens of the next forward are real."""

@@ -12,9 +12,10 @@ works unchanged), waits, and exits with the child's status.
 Guarantees:
 - Falls back to running in-process whenever the server is absent or unreachable (clusters, plain CLI use,
   ``TASKPRUNE_WORKER=0``), so results never depend on it.
-- The server is single-threaded (a select loop), so ``fork`` never copies a lock held by another thread.
-  It never runs a torch op itself, so no OpenMP pool exists at fork time; each child sets its own thread
-  count from ``OMP_NUM_THREADS``.
+- The server is :mod:`taskprune.perf.isolation`'s fork server (the benchmarks' too), single-threaded (a
+  select loop), so ``fork`` never copies a lock held by another thread. It never runs a torch op itself, so
+  no OpenMP pool exists at fork time; each child sets its own thread count from ``OMP_NUM_THREADS``
+  (``taskprune.cli.forked_main``).
 - If a client dies (Snakemake killed or cancelled the job), the server kills the child's whole process
   group; the server exits when the Snakemake process that started it is gone.
 - Jobs of rules with a ``benchmark:`` file never go through the server (``NEVER_FORKED``): Snakemake
@@ -29,15 +30,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import select
-import signal
-import socket
-import struct
 import sys
 import time
 from pathlib import Path
+
+from taskprune.perf import isolation
 
 ENV_SOCKET = "TASKPRUNE_WORKER_SOCKET"
 # The interpreter the server runs in: a job whose own interpreter differs (a conda env of --sdm conda, a
@@ -68,24 +66,6 @@ PRELOAD = (
 # ------------------------------------------------------------------------------------------ client
 
 
-def _send_msg(sock: socket.socket, payload: bytes, fds: list[int] | None = None) -> None:
-    data = struct.pack("!I", len(payload)) + payload
-    if fds:
-        socket.send_fds(sock, [data], fds)
-    else:
-        sock.sendall(data)
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("worker closed the connection")
-        buf += chunk
-    return buf
-
-
 def try_run_via_worker(argv: list[str]) -> int | None:
     """Run ``taskprune argv`` in a forked child of the warm server; ``None`` if no server is usable."""
     path = os.environ.get(ENV_SOCKET)
@@ -95,23 +75,13 @@ def try_run_via_worker(argv: list[str]) -> int | None:
         return None
     if not Path(path).exists():
         return None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(path)
-    except OSError:
-        sock.close()
-        return None
     env = {k: v for k, v in os.environ.items() if k != ENV_SOCKET}
-    request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": env}).encode()
+    env[ENV_FORKED] = "1"  # the usage line notes that its peak RSS includes pages shared with the server
     try:
-        _send_msg(sock, request, [0, 1, 2])
-        # The server answers with the exit status when the child is done (4 bytes, signed).
-        (rc,) = struct.unpack("!i", _recv_exact(sock, 4))
+        status = isolation.request(path, "cli", argv, [0, 1, 2], env=env)
     except (ConnectionError, OSError):
-        sock.close()
-        return None if "rc" not in locals() else 1
-    sock.close()
-    return rc
+        return None
+    return 128 - status if status < 0 else status  # killed by a signal -> 128 + signum
 
 
 def same_environment() -> bool:
@@ -127,137 +97,9 @@ def same_environment() -> bool:
 # ------------------------------------------------------------------------------------------ server
 
 
-def _child(conn: socket.socket, listener: socket.socket, request: dict, fds: list[int]) -> None:
-    """In the forked child: become the job's process and run the CLI."""
-    try:
-        os.setsid()  # own process group: the server can kill the job and its subprocesses together
-        listener.close()
-        conn.close()
-        for target, fd in zip((0, 1, 2), fds, strict=False):
-            os.dup2(fd, target)
-            os.close(fd)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        os.environ[ENV_FORKED] = "1"  # the usage line notes that its peak RSS includes pages shared with us
-        sys.stdin = os.fdopen(0, "r", closefd=False)
-        sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
-        sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
-        threads = os.environ.get("OMP_NUM_THREADS")
-        if threads and threads.isdigit():
-            import torch
-
-            torch.set_num_threads(int(threads))
-        from taskprune.cli import main
-
-        sys.argv = ["taskprune", *request["argv"]]
-        try:
-            rc = main(request["argv"])
-        except SystemExit as exc:
-            rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-            rc = 1
-    except BaseException:  # pragma: no cover - last resort, never return into the server loop
-        rc = 1
-    with contextlib.suppress(Exception):
-        sys.stdout.flush()
-        sys.stderr.flush()
-    os._exit(int(rc) & 0xFF)
-
-
 def serve(socket_path: str, parent_pid: int | None, idle_exit_s: float = 6 * 3600) -> None:
-    """Accept requests until the parent process is gone (or the idle limit passes)."""
-    for mod in PRELOAD:
-        with contextlib.suppress(Exception):
-            __import__(mod)
-    path = Path(socket_path)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    tmp = path.with_name(path.name + f".{os.getpid()}")
-    listener.bind(str(tmp))
-    listener.listen(64)
-    os.replace(tmp, path)  # clients see the socket only once it accepts connections
-    running: dict[int, socket.socket] = {}  # child pid -> client connection
-    by_conn: dict[socket.socket, int] = {}
-    last_activity = time.monotonic()
-    try:
-        while True:
-            if parent_pid is not None and not _alive(parent_pid):
-                break
-            if not running and time.monotonic() - last_activity > idle_exit_s:
-                break
-            readable, _, _ = select.select([listener, *by_conn], [], [], 0.05)
-            for r in readable:
-                if r is listener:
-                    conn, _ = listener.accept()
-                    try:
-                        request, fds = _read_request(conn)
-                    except (OSError, ValueError, ConnectionError):
-                        conn.close()
-                        continue
-                    pid = os.fork()
-                    if pid == 0:
-                        _child(conn, listener, request, fds)
-                    for fd in fds:
-                        os.close(fd)
-                    running[pid] = conn
-                    by_conn[conn] = pid
-                    last_activity = time.monotonic()
-                else:
-                    # A client connection is readable only when it closed: the job was killed.
-                    pid = by_conn.get(r)
-                    if pid is not None and not r.recv(1):
-                        with contextlib.suppress(ProcessLookupError):
-                            os.killpg(pid, signal.SIGKILL)
-            for pid in list(running):
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    conn = running.pop(pid)
-                    by_conn.pop(conn, None)
-                    rc = os.waitstatus_to_exitcode(status)
-                    rc = 128 - rc if rc < 0 else rc  # killed by a signal -> 128 + signum
-                    with contextlib.suppress(OSError):
-                        conn.sendall(struct.pack("!i", rc))
-                    conn.close()
-                    last_activity = time.monotonic()
-    finally:
-        for pid in running:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-        listener.close()
-        with contextlib.suppress(FileNotFoundError):
-            if path.exists() and path.is_socket():
-                path.unlink()
-
-
-def _read_request(conn: socket.socket) -> tuple[dict, list[int]]:
-    conn.settimeout(10)
-    header, fds, _, _ = socket.recv_fds(conn, 4, 3)
-    if len(header) < 4:
-        header += _recv_exact(conn, 4 - len(header))
-    (length,) = struct.unpack("!I", header)
-    body = _recv_exact(conn, length)
-    conn.settimeout(None)
-    if len(fds) != 3:
-        raise ValueError("expected stdin, stdout and stderr descriptors")
-    return json.loads(body), list(fds)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """The warm worker in the foreground: :func:`taskprune.perf.isolation.serve` with :data:`PRELOAD`."""
+    isolation.serve(socket_path, parent_pid, list(PRELOAD), idle_exit_s=idle_exit_s)
 
 
 def start_daemon(socket_path: str, parent_pid: int, log_path: str | None = None, wait_s: float = 60) -> bool:

@@ -1,7 +1,7 @@
 # Efficiency benchmarks. Benchmark jobs hold the `bench` resource (profiles set bench=1) and every core,
 # so they never run beside another job and their numbers are not polluted by a neighbour.
 #   bench         per measured variant checkpoint: parameters, bytes on disk, peak memory at batch 1
-#   bench_family  per shape family: paired, interleaved throughput of the base vs every level (bench_paired)
+#   bench_family  per shape family: paired, interleaved throughput of the base vs every level (perf/paired.py)
 #   bench_gather  results/bench/efficiency.parquet: family rows attached to the variants they describe
 
 BENCH = bench_variants()
@@ -44,7 +44,7 @@ rule bench_family:
         trials="results/bench/families/{shapes}.trials.parquet",
     params:
         plan=lambda w: json.dumps(FAMILIES[w.shapes].to_json(), sort_keys=True, separators=(",", ":")),
-        src=source_hash("bench_paired"),
+        src=source_hash("bench"),
     wildcard_constraints:
         shapes="|".join(re.escape(n) for n in FAMILIES) or "NO_FAMILY",
     threads: workflow.cores

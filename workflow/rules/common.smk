@@ -9,12 +9,11 @@ from pathlib import Path
 from taskprune.config import SPLITS as _SPLITS, format_level, parse_method, validate_config
 from taskprune.errors import TaskpruneError
 from taskprune import grid
-from taskprune.bench import bench_plan
+from taskprune.grid import bench_plan, family_plans
 from taskprune import import_graph
 from taskprune.io import write_text
 
 
-from taskprune.bench_paired import family_plans
 from taskprune.recipes import RECIPES
 
 
@@ -129,7 +128,7 @@ def eval_outputs(variant):
 
 
 def bench_variants():
-    """Variants whose efficiency is measured: one per distinct set of shapes (``taskprune.bench.bench_plan``:
+    """Variants whose efficiency is measured: one per distinct set of shapes (``taskprune.grid.bench_plan``:
     a family's base models share one measurement, and with uniform allocation so does every variant at one
     level across the family); the gather step attaches the rows to every variant of those shapes."""
     return [grid.parse_variant(p) for p in BENCH_PLAN]

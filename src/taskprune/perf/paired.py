@@ -7,7 +7,7 @@ drift hits both sides of every ratio alike:
 
 - **Trials.** A round measures the base and every level, in the order ``base, v1, ..., vk`` on even rounds
   and ``vk, ..., v1, base`` on odd rounds (so consecutive rounds read ``base, v, v, base, ...``). Every
-  trial is a fresh process (forked from :class:`taskprune.bench.WorkerServer`: no model, compilation cache
+  trial is a fresh process (forked from :class:`taskprune.perf.isolation.ForkServer`: no model, compilation cache
   or allocator state is shared) that builds or loads its model and times every (batch size, phase) of the
   family. A trial's time for one setting is the **minimum** over its ``repeats`` (the run least disturbed
   by neighbours; each repeat loops until it lasts ``min_repeat_s``).
@@ -27,7 +27,7 @@ Where the models come from:
   rule (:func:`taskprune.prune.plan_pruning`) and tensor slicing (:func:`taskprune.prune._slice_tensor`).
   No download: the paper's Qwen2.5-1.5B is measured from its published shape.
 - **Checkpoints** (``bench.shapes`` unset, e.g. the paper setup): the base model and one pruned checkpoint
-  per level (:func:`taskprune.bench.bench_plan` picks it), loaded as the pipeline saved them.
+  per level (:func:`taskprune.grid.bench_plan` picks it), loaded as the pipeline saved them.
 
 **Composed depth.** A 28-layer 1.5B model at batch 32 takes seconds per step on 2 cores. With uniform
 allocation every decoder layer of a variant has the same shape, so a family may set ``measured_layers``:
@@ -41,8 +41,13 @@ composed estimate against a direct full-depth measurement.
 **Engines.** ``stock`` is the stock transformers forward (``model(ids, cache=StaticCache, logits_to_keep=1)``),
 what users run: it decides. ``torch.compile`` is not used for it (``compiled`` column): compiling in every
 fresh trial process costs tens of seconds on 2 cores, more than the whole trial, and the layer-stack hooks
-need the eager forward. ``tight`` (:class:`taskprune.bench.TightEngine`, hand-written, full depth only)
+need the eager forward. ``tight`` (:class:`taskprune.perf.engines.TightEngine`, hand-written, full depth only)
 is an *upper bound* on what a leaner decoder could do, labelled so, never a verdict.
+
+The plans (:class:`taskprune.grid.FamilyPlan`, :func:`taskprune.grid.family_plans`) live in the grid, which
+the Snakefile imports; the gathering of the rows into the efficiency table in :mod:`taskprune.perf.gather`.
+Torch is imported inside the functions only. Imported by the ``bench`` stage and :mod:`taskprune.perf.measure`
+(a trial's entry).
 """
 
 from __future__ import annotations
@@ -54,11 +59,11 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from taskprune.errors import ConfigError, DataError
+from taskprune.grid import FamilyPlan
 
 log = logging.getLogger(__name__)
 
@@ -100,117 +105,6 @@ def is_noisy(speedup: float, ci_low: float, ci_high: float, max_load: float, thr
     if n_pairs < MIN_PAIRS or not all(math.isfinite(x) for x in (speedup, ci_low, ci_high)):
         return True
     return (ci_high - ci_low) / 2 > NOISY_HALF_WIDTH * abs(speedup) or max_load > threads
-
-
-# ------------------------------------------------------------------------------------------ the plan
-
-
-@dataclass
-class FamilyPlan:
-    """One bench job: which models a shape family's trials run, with which settings."""
-
-    name: str
-    source: str  # "shapes" (built from numbers) or "checkpoints"
-    base: dict[str, Any]  # trial source of the base: {"checkpoint": dir} or {"shapes": {...}, "level": None}
-    levels: dict[str, dict[str, Any]]  # level as written in the config -> trial source
-    num_layers: int  # the depth the times are reported at
-    measured_layers: int | None  # decoder layers actually built (None: full depth)
-    batch_sizes: list[int]
-    phases: list[str]
-    prompt_tokens: int
-    new_tokens: int
-    engines: list[str]
-    pairs: int
-    warmup: int
-    repeats: int
-    min_repeat_s: float
-    threads: int | None
-    device: str = "cpu"  # auto | cpu | cuda (built-from-numbers families: cpu)
-    models: list[str] = field(default_factory=list)  # models whose variants these rows describe
-
-    def to_json(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        return asdict(self)
-
-
-def _shape_numbers(shapes: Any) -> dict[str, Any]:
-    """The architecture numbers of a ``bench.shapes`` entry (everything but the measurement settings)."""
-    from taskprune.config import SHAPE_NUMBER_KEYS
-
-    return {k: getattr(shapes, k) for k in SHAPE_NUMBER_KEYS}
-
-
-def model_matches_shapes(cfg: Any, model: str, shapes: Any) -> bool:
-    """Whether an embedded (trained) model has exactly the architecture of a ``bench.shapes`` entry."""
-    m = cfg.models[model]
-    if m.source != "train" or shapes.model_type != "llama":
-        return False
-    arch = m.architecture
-    keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "num_key_value_heads", "vocab_size", "tie_word_embeddings")  # fmt: skip
-    return all(getattr(arch, k) == getattr(shapes, k) for k in keys)
-
-
-def family_plans(cfg: Any) -> dict[str, FamilyPlan]:
-    """Every shape family a run benchmarks, by name.
-
-    With ``bench.shapes``: one family per entry, built from its numbers, labelling the embedded models of
-    exactly that architecture. Without: one family per group of models with identical shapes
-    (:func:`taskprune.bench.model_shape_family`), from their checkpoints (base + one per level); needs
-    uniform allocation (every variant at a level has the same widths).
-    """
-    from taskprune.bench import bench_plan, model_shape_family
-    from taskprune.config import format_level
-    from taskprune.grid import parse_variant
-
-    bench = cfg.bench
-    plans: dict[str, FamilyPlan] = {}
-    common = {"engines": list(bench.engines), "pairs": bench.pairs, "warmup": bench.warmup,
-              "repeats": bench.repeats, "min_repeat_s": bench.min_repeat_s, "threads": bench.threads,
-              "device": cfg.device}  # fmt: skip
-    if bench.shapes:
-        for name, s in bench.shapes.items():
-            levels = [format_level(x) for x in (s.levels or bench.levels or cfg.pruning.levels)]
-            numbers = {**_shape_numbers(s), "multiple_of": cfg.pruning.multiple_of}
-            plans[name] = FamilyPlan(
-                name=name, source="shapes",
-                base={"shapes": numbers, "level": None, "measured_layers": s.measured_layers},
-                levels={lv: {"shapes": numbers, "level": lv, "measured_layers": s.measured_layers} for lv in levels},
-                num_layers=s.num_hidden_layers, measured_layers=s.measured_layers,
-                batch_sizes=list(s.batch_sizes or bench.batch_sizes), phases=list(s.phases or bench.phases),
-                prompt_tokens=s.prompt_tokens or bench.prompt_tokens, new_tokens=s.new_tokens or bench.new_tokens,
-                models=[m for m in cfg.models if model_matches_shapes(cfg, m, s)], **{**common, "device": "cpu"},
-            )  # fmt: skip
-        return plans
-    from taskprune.grid import base_variants
-
-    # uniform: one checkpoint per level stands for every variant at it; global: widths depend on the scores,
-    # so the level's rows describe only the checkpoint timed (first method/seed; others keep memory rows)
-    only_measured = cfg.pruning.allocation != "uniform"
-
-    wanted = {format_level(x) for x in bench.levels} if bench.levels else None
-    families: dict[Any, list[str]] = {}
-    for v in base_variants(cfg):
-        families.setdefault(model_shape_family(cfg, v.model), []).append(v.model)
-    plan = bench_plan(cfg)
-    for models in families.values():
-        first = models[0]
-        m = cfg.models[first]
-        base = {"checkpoint": f"results/models/{first}" if m.source == "train" else str(m.path)}
-        levels: dict[str, dict[str, Any]] = {}
-        for measured in plan:
-            v = parse_variant(measured)
-            if v.model in models and v.stage != "base" and (wanted is None or v.level in wanted):
-                source = {"checkpoint": v.checkpoint, "variant": v.path}
-                levels.setdefault(v.level, {**source, "only_variant": v.path} if only_measured else source)
-        levels = dict(sorted(levels.items(), key=lambda kv: float(kv[0])))
-        plans[first] = FamilyPlan(
-            name=first, source="checkpoints", base=base, levels=levels, num_layers=0, measured_layers=None,
-            batch_sizes=list(bench.batch_sizes), phases=list(bench.phases), prompt_tokens=bench.prompt_tokens,
-            new_tokens=bench.new_tokens, models=list(models), **common,
-        )  # fmt: skip
-    return plans
 
 
 # ------------------------------------------------------------------------------------- building models
@@ -345,10 +239,10 @@ class StockRunner:
 
 
 class TightRunner:
-    """The hand-written decoder (:class:`taskprune.bench.TightEngine`); no stack split (full depth only)."""
+    """The hand-written decoder (:class:`taskprune.perf.engines.TightEngine`); no stack split (full depth only)."""
 
     def __init__(self, model: Any, batch_size: int, max_len: int) -> None:
-        from taskprune.bench import TightEngine
+        from taskprune.perf.engines import TightEngine
 
         self.engine = TightEngine(model, batch_size, max_len)
         self.timer = None
@@ -362,6 +256,13 @@ class TightRunner:
         self.engine.decode(first, self.prompt_len, steps)
 
 
+def trial_entry(argv: list[str]) -> int:
+    """``SPEC.json OUT.json``: one trial in this fresh process (the fork server's ``trial`` entry)."""
+    from taskprune.perf.isolation import run_spec
+
+    return run_spec(argv, trial_main, "python -m taskprune.perf.isolation run trial")
+
+
 def trial_main(spec: dict[str, Any]) -> dict[str, Any]:
     """One trial (in a fresh process): build or load the model, then time every (engine, batch, phase).
 
@@ -370,8 +271,8 @@ def trial_main(spec: dict[str, Any]) -> dict[str, Any]:
     """
     import torch
 
-    from taskprune.bench import _prompt_tokens
     from taskprune.modeling import load_model, resolve_device
+    from taskprune.perf.engines import fixed_prompts
 
     torch.set_flush_denormal(True)
     load_before = os.getloadavg()[0]
@@ -405,7 +306,7 @@ def trial_main(spec: dict[str, Any]) -> dict[str, Any]:
                                               batch, prompt_len + new_tokens)  # fmt: skip
                 else:
                     runner = StockRunner(model, batch, prompt_len + new_tokens)
-                tokens = _prompt_tokens(int(model.config.vocab_size), batch, prompt_len, device)
+                tokens = fixed_prompts(int(model.config.vocab_size), batch, prompt_len, device)
                 for phase in spec["phases"]:
                     timings.append(_time_phase(runner, tokens, phase, new_tokens, spec, scale, device) | {
                         "engine": engine, "batch_size": batch, "phase": phase})  # fmt: skip
@@ -426,7 +327,7 @@ def _time_phase(runner: Any, tokens: Any, phase: str, new_tokens: int, spec: dic
                 device: Any) -> dict[str, Any]:
     """Seconds of one timed run (prefill: one forward; decode: ``new_tokens`` steps after an untimed
     prefill), full depth (composed with ``scale`` = full / built layers), minimum over repeats."""
-    from taskprune.bench import _synchronize
+    from taskprune.perf.engines import synchronize
 
     first = runner.prefill(tokens) if phase == "decode" else None
 
@@ -434,13 +335,13 @@ def _time_phase(runner: Any, tokens: Any, phase: str, new_tokens: int, spec: dic
         """(wall, cpu, stack wall, stack cpu) of one timed run."""
         if runner.timer:
             runner.timer.take()
-        _synchronize(device)
+        synchronize(device)
         w0, c0 = time.perf_counter(), time.process_time()
         if phase == "prefill":
             runner.prefill(tokens)
         else:
             runner.decode(first, new_tokens)
-        _synchronize(device)
+        synchronize(device)
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
         stack_wall, stack_cpu = runner.timer.take() if runner.timer else (0.0, 0.0)
         return wall, cpu, stack_wall, stack_cpu
@@ -473,7 +374,7 @@ def run_family(plan: FamilyPlan, *, progress: bool = True) -> tuple[Any, Any]:
     """All rounds of one family: (trials table, one row per level x engine x batch x phase)."""
     import polars as pl
 
-    from taskprune.bench import WorkerServer, _run_worker
+    from taskprune.perf.isolation import ForkServer, run_isolated
 
     if not plan.levels:
         raise DataError(f"bench family '{plan.name}': no pruning level to compare with the base")
@@ -485,14 +386,14 @@ def run_family(plan: FamilyPlan, *, progress: bool = True) -> tuple[Any, Any]:
         "checkpoint": plan.name,
     }  # fmt: skip
     trials = []
-    server = WorkerServer(plan.threads)
+    server = ForkServer(plan.threads)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="taskprune-pairs-") as tmp, contextlib.closing(server):
         for r in range(plan.pairs):
             order = names if r % 2 == 0 else names[::-1]
             for which in order:
                 source = plan.base if which == "base" else plan.levels[which]
-                res = _run_worker({**common, "source": source}, Path(tmp), f"r{r}-{which}", server)
+                res = run_isolated({**common, "source": source}, Path(tmp), f"r{r}-{which}", server, entry="trial")
                 for t in res["timings"]:
                     trials.append({"round": r, "which": which, **t, "load_avg_1m": res["load_avg_1m"],
                                    "build_seconds": res["build_seconds"], "threads": res["threads"],
@@ -600,7 +501,7 @@ def _family_shape(plan: FamilyPlan, which: str, width: int, layers: int) -> Any:
 
     source = plan.base if which == "base" else plan.levels[which]
     if "checkpoint" in source:
-        from taskprune.bench import checkpoint_shape
+        from taskprune.perf.measure import checkpoint_shape
 
         return checkpoint_shape(source["checkpoint"])
     n = source["shapes"]
@@ -638,76 +539,3 @@ def method_metadata(plan: FamilyPlan) -> dict[str, Any]:
     }
 
 
-# ------------------------------------------------------------------------------------------ gather
-
-
-def gather_efficiency(variant_paths: Sequence[str | os.PathLike[str]], family_paths: Sequence[str | os.PathLike[str]]) -> Any:
-    """``results/bench/efficiency.parquet``: every family row, once per variant it describes.
-
-    A family's rows label every variant of its models at the same level (``stage == "base"`` for the base),
-    with the variant's own parameters, bytes and peak memory from its per-variant file; variants at levels
-    the family did not time keep their memory rows with null throughput. A family that describes no model
-    of the run (e.g. Qwen2.5-1.5B's shapes in the embedded default) gets rows of its own, named after it
-    (``model = shapes``, ``method = "uniform"``, parameters from the closed form, memory null).
-    """
-    import polars as pl
-
-    from taskprune.bench import CONTRACT_COLUMNS, _per_variant_order
-    from taskprune.io import read_parquet
-
-    if not family_paths:
-        raise DataError("bench gather: no shape-family benchmark files given (--families)")
-    variants = (
-        pl.concat([read_parquet(p, required=_per_variant_order(), what="per-variant benchmark file")
-                   .select(_per_variant_order()) for p in variant_paths], how="vertical_relaxed")  # fmt: skip
-        if variant_paths else None
-    )
-    if variants is not None:
-        dup = variants.group_by("variant").len().filter(pl.col("len") > 1)
-        if dup.height:
-            raise DataError(f"bench gather: variant '{dup['variant'][0]}' appears in {dup['len'][0]} per-variant files")
-    frames = []
-    for path in family_paths:
-        fam = read_parquet(path, required=["shapes", "level_pct", "family_models"], what="shape-family benchmark file")
-        models = fam["family_models"][0].to_list() if fam.height else []
-        fam = fam.drop("family_models")
-        if "family_only_variant" not in fam.columns:
-            fam = fam.with_columns(pl.lit(None, dtype=pl.String).alias("family_only_variant"))
-        mine = variants.filter(pl.col("model").is_in(models)) if variants is not None and models else None
-        if mine is not None and mine.height:
-            timed = fam.select(pl.col("level_pct").round(6).alias("_lv")).unique()
-            rows = mine.with_columns(
-                pl.when(pl.col("stage") == "base").then(0.0).otherwise(pl.col("level_pct")).round(6).alias("_lv")
-            )
-            joined = rows.join(fam.rename({"level": "_family_level", "level_pct": "_family_level_pct",
-                                           "device": "_family_device"}).with_columns(
-                pl.col("_family_level_pct").round(6).alias("_lv")), on="_lv", how="left")  # fmt: skip
-            missing = rows.join(timed, on="_lv", how="anti")
-            if missing.height and missing.height == rows.height:
-                raise DataError(f"{path}: the family times none of the levels of its models' variants")
-            # global allocation: a level's timing describes only the checkpoint timed; the others keep memory rows
-            other = pl.col("family_only_variant").is_not_null() & (pl.col("family_only_variant") != pl.col("measured_variant"))
-            kept = joined.filter(~other.fill_null(False))
-            dropped = rows.join(kept.select("variant").unique(), on="variant", how="anti")
-            frames.append(pl.concat([kept, dropped], how="diagonal_relaxed")
-                          .drop("_lv", "_family_level", "_family_level_pct", "_family_device", "family_only_variant"))  # fmt: skip
-        else:
-            name = str(fam["shapes"][0])
-            frames.append(fam.drop("family_only_variant").with_columns(
-                pl.lit(name).alias("model"),
-                pl.when(pl.col("level").is_null()).then(pl.lit("base")).otherwise(pl.lit("uniform")).alias("method"),
-                pl.lit(0, dtype=pl.Int64).alias("seed"),
-                pl.when(pl.col("level").is_null()).then(pl.lit("base")).otherwise(pl.lit("pruned")).alias("stage"),
-                pl.col("level").fill_null("0"),
-                pl.col("params_total_shapes").alias("params_total"), pl.col("params_mlp_shapes").alias("params_mlp"),
-                pl.lit(None, dtype=pl.Int64).alias("bytes_on_disk"),
-                pl.lit(None, dtype=pl.Int64).alias("peak_memory_bytes"),
-            ).with_columns(
-                pl.when(pl.col("stage") == "base").then(pl.format("{}/base", pl.col("model")))
-                .otherwise(pl.format("{}/uniform/{}/0", pl.col("model"), pl.col("level"))).alias("variant"),
-            ).with_columns(pl.col("variant").alias("measured_variant")))  # fmt: skip
-    out = pl.concat(frames, how="diagonal_relaxed")
-    order = [c for c in CONTRACT_COLUMNS if c in out.columns]
-    rest = [c for c in out.columns if c not in order]
-    return out.select(order + rest).sort(["shapes", "model", "stage", "method", "level_pct", "seed", "engine",
-                                          "phase", "batch_size"], nulls_last=True)  # fmt: skip
