@@ -720,8 +720,8 @@ def _variant_fields(variant: str) -> dict[str, Any]:
         "variant": v.path,
         "model": v.model,
         "method": v.method,
-        "level": v.level,
-        "level_pct": float(v.level),
+        "level": v.level.label,
+        "level_pct": v.level.pct,
         "seed": int(v.seed),
         "stage": v.stage,
     }

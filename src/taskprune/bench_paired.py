@@ -161,8 +161,8 @@ def family_plans(cfg: Any) -> dict[str, FamilyPlan]:
     uniform allocation (every variant at a level has the same widths).
     """
     from taskprune.bench import bench_plan, model_shape_family
-    from taskprune.config import format_level
     from taskprune.grid import parse_variant
+    from taskprune.levels import Level
 
     bench = cfg.bench
     plans: dict[str, FamilyPlan] = {}
@@ -171,7 +171,7 @@ def family_plans(cfg: Any) -> dict[str, FamilyPlan]:
               "device": cfg.device}  # fmt: skip
     if bench.shapes:
         for name, s in bench.shapes.items():
-            levels = [format_level(x) for x in (s.levels or bench.levels or cfg.pruning.levels)]
+            levels = [Level.from_config(x).label for x in (s.levels or bench.levels or cfg.pruning.levels)]
             numbers = {**_shape_numbers(s), "multiple_of": cfg.pruning.multiple_of}
             plans[name] = FamilyPlan(
                 name=name, source="shapes",
@@ -189,7 +189,7 @@ def family_plans(cfg: Any) -> dict[str, FamilyPlan]:
     # so the level's rows describe only the checkpoint timed (first method/seed; others keep memory rows)
     only_measured = cfg.pruning.allocation != "uniform"
 
-    wanted = {format_level(x) for x in bench.levels} if bench.levels else None
+    wanted = {Level.from_config(x) for x in bench.levels} if bench.levels else None
     families: dict[Any, list[str]] = {}
     for v in base_variants(cfg):
         families.setdefault(model_shape_family(cfg, v.model), []).append(v.model)
@@ -198,13 +198,13 @@ def family_plans(cfg: Any) -> dict[str, FamilyPlan]:
         first = models[0]
         m = cfg.models[first]
         base = {"checkpoint": f"results/models/{first}" if m.source == "train" else str(m.path)}
-        levels: dict[str, dict[str, Any]] = {}
+        found: dict[Level, dict[str, Any]] = {}
         for measured in plan:
             v = parse_variant(measured)
             if v.model in models and v.stage != "base" and (wanted is None or v.level in wanted):
                 source = {"checkpoint": v.checkpoint, "variant": v.path}
-                levels.setdefault(v.level, {**source, "only_variant": v.path} if only_measured else source)
-        levels = dict(sorted(levels.items(), key=lambda kv: float(kv[0])))
+                found.setdefault(v.level, {**source, "only_variant": v.path} if only_measured else source)
+        levels = {lv.label: found[lv] for lv in sorted(found)}
         plans[first] = FamilyPlan(
             name=first, source="checkpoints", base=base, levels=levels, num_layers=0, measured_layers=None,
             batch_sizes=list(bench.batch_sizes), phases=list(bench.phases), prompt_tokens=bench.prompt_tokens,
@@ -246,7 +246,8 @@ def build_shapes_model(numbers: dict[str, Any], level: str | None, layers: int |
     from taskprune.arch import get_adapter, layer_widths, mlp_modules
     from taskprune.checkpoint import _sync_shape_attributes
     from taskprune.config import PruningConfig
-    from taskprune.prune import _slice_tensor, parse_level, plan_pruning
+    from taskprune.levels import Level
+    from taskprune.prune import _slice_tensor, plan_pruning
 
     config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[numbers["model_type"]]
     depth = int(layers or numbers["num_hidden_layers"])
@@ -267,8 +268,9 @@ def build_shapes_model(numbers: dict[str, Any], level: str | None, layers: int |
     _fill_random(model, SYNTHETIC_SEED)
     if level is not None:
         widths = layer_widths(model)
-        options = PruningConfig(levels=[float(level)], allocation="uniform", multiple_of=numbers.get("multiple_of", 1))
-        plan = plan_pruning("random", parse_level(level), widths, options, seed=SYNTHETIC_SEED)
+        lv = Level.from_label(level)
+        options = PruningConfig(levels=[lv.pct], allocation="uniform", multiple_of=numbers.get("multiple_of", 1))
+        plan = plan_pruning("random", lv, widths, options, seed=SYNTHETIC_SEED)
         adapter = get_adapter(model)
         with torch.no_grad():
             for mlp, removed, width in zip(mlp_modules(model), plan.removed, widths, strict=True):
