@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from taskprune.config import format_level, load_config, parse_method
+from taskprune.config import load_config, parse_method
 from taskprune.errors import ConfigError
+from taskprune.levels import Level
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,8 +96,8 @@ def test_invalid_yaml(tmp_path):
 
 
 @pytest.mark.parametrize(("level", "text"), [(10, "10"), (10.0, "10"), (15.71, "15.71"), (5.405, "5.405"), (30.405, "30.405")])
-def test_format_level(level, text):
-    assert format_level(level) == text
+def test_level_label_from_config(level, text):
+    assert Level.from_config(level).label == text
 
 
 def test_parse_method():

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from taskprune import overlap
+from taskprune.levels import Level
 
 
 def _brute_chance(ks: list[int], widths: list[int]) -> float:
@@ -34,7 +35,7 @@ def test_jaccard_rows_match_hand_made_tables():
     a = [np.array([0.9, 0.1, 0.8, 0.2, 0.7, 0.0]), np.array([1.0, 2.0, 3.0, 4.0])]
     b = [np.array([0.9, 0.8, 0.1, 0.2, 0.7, 0.0]), np.array([4.0, 3.0, 2.0, 1.0])]
     gen = {"m": [x * 0.5 for x in a], "c": [-x for x in b]}
-    table = overlap.overlap_table({"m": a, "c": b}, "g", gen, ["50"])
+    table = overlap.overlap_table({"m": a, "c": b}, "g", gen, [Level.from_label("50")])
     jac = table.filter((pl.col("analysis") == "jaccard") & (pl.col("model_a") == "m"))
     by_layer = {r["layer"]: r for r in jac.iter_rows(named=True)}
     # 50%: layer 0 k=3, A = {0, 2, 4}, B = {0, 1, 4} -> 2/4; layer 1 k=2, A = {2, 3}, B = {0, 1} -> 0/4
@@ -61,7 +62,7 @@ def test_spearman_rows_match_ranks_by_hand():
     rng = np.random.default_rng(0)
     spec = [rng.normal(size=7), rng.normal(size=7)]
     gen = [spec[0] * 2 + 1, rng.normal(size=7)]  # layer 0: the same ranking; layer 1: unrelated
-    table = overlap.overlap_table({"m": spec, "c": [-s for s in spec]}, "g", {"m": gen, "c": gen}, ["10"])
+    table = overlap.overlap_table({"m": spec, "c": [-s for s in spec]}, "g", {"m": gen, "c": gen}, [Level.from_label("10")])
     rows = {r["layer"]: r["value"] for r in table.filter(
         (pl.col("analysis") == "spearman") & (pl.col("model_a") == "m")).iter_rows(named=True)}  # fmt: skip
     assert rows[0] == pytest.approx(1.0)
@@ -107,7 +108,7 @@ def test_figure_draws_the_table(tmp_path):
 
     rng = np.random.default_rng(5)
     spec = {"m": [rng.normal(size=10)], "c": [rng.normal(size=10)]}
-    table = overlap.overlap_table(spec, "g", {"m": [rng.normal(size=10)], "c": [rng.normal(size=10)]}, ["10", "30"])
+    table = overlap.overlap_table(spec, "g", {"m": [rng.normal(size=10)], "c": [rng.normal(size=10)]}, [Level.from_label("10"), Level.from_label("30")])
     fig = figures.fig_neuron_overlap(SimpleNamespace(overlap=table))
     left, right = fig.axes[:2]
     assert len(left.lines) == 3  # two pairs and their common chance line

@@ -175,7 +175,7 @@ def test_paper_config_matches_the_paper():
     for name, (hub_id, task, levels) in PAPER_MODELS.items():
         m = cfg.models[name]
         assert (m.source, m.path, m.task, m.chat_template) == ("pretrained", hub_id, task, True)
-        assert cfg.levels_for(name) == levels
+        assert [lv.pct for lv in cfg.levels_for(name)] == levels
         assert m.distractors == ["conversation", "qna"]
     assert cfg.pruning.seeds == [33, 42]
     assert cfg.pruning.methods == ["selective", "reverse", "random"]

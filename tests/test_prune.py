@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import random
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from conftest import tiny_model
 from safetensors import safe_open
 
 from taskprune.cli import main
+from taskprune.levels import Level
 from taskprune.prune import (
     load_pruned,
     removal_count,
@@ -243,7 +243,7 @@ def test_numpy_and_torch_backends_write_identical_tensors(tmp_path: Path, arch_n
     _, base_dir = save_base(tmp_path, arch_name)
     layout = read_layout(base_dir)
     options = SimpleNamespace(allocation="uniform", multiple_of=1, min_width_fraction=0.1)
-    plan = plan_pruning("random", Fraction(35), layout.widths, options, seed=3)
+    plan = plan_pruning("random", Level.from_label("35"), layout.widths, options, seed=3)
     for framework in ("numpy", "pt"):
         write_pruned_checkpoint(layout, plan, tmp_path / framework, {}, framework=framework)
     a, b = stored_tensors(tmp_path / "numpy"), stored_tensors(tmp_path / "pt")
@@ -264,15 +264,15 @@ def test_summary_copy_outside_checkpoint(tmp_path: Path) -> None:
 def test_removal_count_matches_round_and_paper_levels() -> None:
     for width in (7, 80, 768, 8960):
         for level in ("0", "1", "5.71", "10", "15.71", "33.3", "99"):
-            assert removal_count(Fraction(level), width) == round(float(level) / 100 * width)
+            assert removal_count(Level.from_label(level), width) == round(float(level) / 100 * width)
     # paper: 1.5B d_ff 8960, 7B d_ff 18944 -> the levels were chosen to give multiples of 64
-    k15 = [removal_count(Fraction(x), 8960) for x in ("5.71", "10", "15.71", "20", "25.71", "30", "35.71")]
-    k7 = [removal_count(Fraction(x), 18944) for x in ("5.405", "10.135", "15.54", "20.27", "25", "30.405", "35.135")]
+    k15 = [removal_count(Level.from_label(x), 8960) for x in ("5.71", "10", "15.71", "20", "25.71", "30", "35.71")]
+    k7 = [removal_count(Level.from_label(x), 18944) for x in ("5.405", "10.135", "15.54", "20.27", "25", "30.405", "35.135")]
     assert k15 == [512, 896, 1408, 1792, 2304, 2688, 3200]
     assert k7 == [1024, 1920, 2944, 3840, 4736, 5760, 6656]
-    assert removal_count(Fraction("12.5"), 4) == 1  # exact half rounds up (not to even)
-    assert removal_count(Fraction(10), 100, multiple_of=4) == 12  # 10 / 4 = 2.5 -> 3 blocks
-    assert removal_count(Fraction(9), 100, multiple_of=4) == 8
+    assert removal_count(Level.from_label("12.5"), 4) == 1  # exact half rounds up (not to even)
+    assert removal_count(Level.from_label("10"), 100, multiple_of=4) == 12  # 10 / 4 = 2.5 -> 3 blocks
+    assert removal_count(Level.from_label("9"), 100, multiple_of=4) == 8
 
 
 def brute_force_lowest(scores: list[float], k: int) -> set[int]:

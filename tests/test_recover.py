@@ -431,8 +431,9 @@ def test_unknown_recipe_in_the_config_names_the_key():
 
 def test_recovered_variants_carry_their_recipe():
     from taskprune.grid import Variant, parse_variant
+    from taskprune.levels import Level
 
-    v = Variant("m", "selective", "10", 0, "recovered", "lora-kd")
+    v = Variant("m", "selective", Level.from_label("10"), 0, "recovered", "lora-kd")
     assert v.path == "m/selective/10/0/recovered-lora-kd"
     assert v.checkpoint == "results/recovered/m/selective/10/0/lora-kd"
     assert parse_variant(v.path) == v and parse_variant("m/selective/10/0") == v.pruned
@@ -441,7 +442,7 @@ def test_recovered_variants_carry_their_recipe():
         with pytest.raises(ValueError):
             parse_variant(bad)
     with pytest.raises(ValueError):
-        Variant("m", "selective", "10", 0, "recovered")
+        Variant("m", "selective", Level.from_label("10"), 0, "recovered")
     from taskprune.evaluate import variant_columns  # the metrics rows of a variant carry its recipe
 
     assert variant_columns(v)["recovery"] == "lora-kd" and variant_columns(v.pruned)["recovery"] is None

@@ -15,16 +15,26 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from taskprune.errors import ConfigError
+from taskprune.levels import Level
+from taskprune.score_methods import SCORE_METHODS, check_score_method
 
 TaskKind = Literal["math", "code", "conversation", "qna"]
-ScoreMethod = Literal["selectivity", "taker", "wanda", "magnitude", "random"]
 Direction = Literal["selective", "reverse", "random"]
-SCORE_METHODS: tuple[str, ...] = ("selectivity", "taker", "wanda", "magnitude", "random")
+#: a name of :data:`taskprune.score_methods.SCORE_METHODS` (checked when the config is validated)
+ScoreMethodName = Annotated[str, BeforeValidator(check_score_method)]
 SPLITS: tuple[str, ...] = ("train", "calibration", "validation", "eval")
 
 
@@ -200,7 +210,7 @@ class StatsConfig(_Strict):
 
 
 class ScoresConfig(_Strict):
-    methods: list[ScoreMethod] = Field(default_factory=lambda: list(SCORE_METHODS))
+    methods: list[ScoreMethodName] = Field(default_factory=lambda: list(SCORE_METHODS))
     epsilon: float = Field(1e-6, gt=0)
     random_seed: int = 42
 
@@ -212,15 +222,10 @@ def _check_levels(levels: list[float]) -> None:
     for lv in levels:
         if not (0 <= lv < 100) or math.isnan(lv):
             raise ValueError(f"level {lv} is outside [0, 100)")
-    dup = {format_level(x) for x in levels if [format_level(y) for y in levels].count(format_level(x)) > 1}
+    labels = [Level.from_config(x).label for x in levels]
+    dup = {lb for lb in labels if labels.count(lb) > 1}
     if dup:
         raise ValueError(f"duplicated level(s) {sorted(dup)}")
-
-
-def format_level(level: float | int | str) -> str:
-    """The level as it appears in paths: ``10`` -> '10', ``15.71`` -> '15.71'."""
-    x = float(level)
-    return f"{x:g}" if x == int(x) or len(f"{x:g}") >= len(repr(x)) else repr(x)
 
 
 def parse_method(method: str) -> tuple[str, str]:
@@ -555,8 +560,8 @@ class Config(_Strict):
                     raise ValueError(f"generalists.{name}.training.mix: '{t}' is not a task (tasks: {', '.join(self.tasks)})")
 
         if self.bench.levels is not None and not self.bench.shapes:
-            configured = {format_level(x) for m in self.models for x in self.levels_for(m)}
-            extra = [format_level(x) for x in self.bench.levels if format_level(x) not in configured]
+            configured = {lv.label for m in self.models for lv in self.levels_for(m)}
+            extra = [lv.label for lv in map(Level.from_config, self.bench.levels) if lv.label not in configured]
             if extra:
                 raise ValueError(f"bench.levels {extra} are not pruning levels of any model ({sorted(configured)})")
         for method in self.pruning.methods:
@@ -571,9 +576,10 @@ class Config(_Strict):
                 raise ValueError(f"harness.local_tasks.{name}: '{task}' is not a math task of 'tasks'")
         return self
 
-    def levels_for(self, model: str) -> list[float]:
+    def levels_for(self, model: str) -> list[Level]:
+        """The pruning levels of ``model`` (its own ``levels``, else ``pruning.levels``), in config order."""
         m = self.models[model]
-        return m.levels if m.levels is not None else self.pruning.levels
+        return [Level.from_config(x) for x in (m.levels if m.levels is not None else self.pruning.levels)]
 
 
 # ------------------------------------------------------------------------------- error reporting

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"config OK: {', '.join(args.configs)}")
     for name, m in cfg.models.items():
         src = m.path if m.source == "pretrained" else "trained from scratch"
-        levels = ", ".join(f"{x:g}" for x in cfg.levels_for(name))
+        levels = ", ".join(f"{x.pct:g}" for x in cfg.levels_for(name))
         print(f"  model {name}: task {m.task}, distractors {', '.join(m.distractors)}, {src}; levels {levels}")
     print(f"  methods: {', '.join(cfg.pruning.methods)}; random seeds: {', '.join(map(str, cfg.pruning.seeds))}")
     print(f"  variants: {len(cfg.models)} base, {len(pruned)} pruned, {len(recovered)} recovered")

@@ -654,7 +654,7 @@ def variant_columns(variant: Any) -> dict[str, Any]:
         direction, score = parse_method(variant.method)
     return {
         "model": variant.model, "method": variant.method, "direction": direction, "score": score,
-        "level": variant.level, "level_pct": float(variant.level_pct), "seed": int(variant.seed),
+        "level": variant.level.label, "level_pct": variant.level.pct, "seed": int(variant.seed),
         "stage": variant.stage, "recovery": variant.recovery,
     }
 

@@ -9,7 +9,8 @@ Torch-free.
 A variant is ``{model}/base``, ``{model}/{method}/{level}/{seed}`` (pruned) or
 ``{model}/{method}/{level}/{seed}/recovered-{recipe}`` (a pruned variant recovered with one recipe of
 ``recovery.methods``, e.g. ``recovered-lora``); ``{seed}`` is 0 for the deterministic methods and ``{level}``
-is the percentage as written in the config.
+is the percentage as written in the config (a :class:`~taskprune.levels.Level`'s label; a variant carries
+the :class:`~taskprune.levels.Level` itself).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskprune.config import Config, RecoverySelection, format_level, parse_method
+from taskprune.config import Config, RecoverySelection, parse_method
+from taskprune.levels import ZERO, Level
 from taskprune.recipes import PAPER_RECIPE
 
 BASE = "base"
@@ -30,7 +32,7 @@ RECOVERED_PREFIX = "recovered-"
 class Variant:
     model: str
     method: str = BASE  # "base" for the unpruned model
-    level: str = "0"
+    level: Level = ZERO
     seed: int = 0
     stage: str = "base"  # base | pruned | recovered
     recovery: str | None = None  # the recovery recipe of a recovered variant (lora, lora-kd), else None
@@ -59,10 +61,6 @@ class Variant:
         return f"results/recovered/{self.model}/{self.method}/{self.level}/{self.seed}/{self.recovery}"
 
     @property
-    def level_pct(self) -> float:
-        return float(self.level)
-
-    @property
     def pruned(self) -> Variant:
         return Variant(self.model, self.method, self.level, self.seed, "pruned")
 
@@ -82,20 +80,19 @@ def pruned_variants(cfg: Config, model: str | None = None) -> list[Variant]:
         for method in cfg.pruning.methods:
             for level in cfg.levels_for(m):
                 for seed in seeds_for(cfg, method):
-                    out.append(Variant(m, method, format_level(level), seed, "pruned"))
+                    out.append(Variant(m, method, level, seed, "pruned"))
     return out
 
 
 def _selected(sel: RecoverySelection, cfg: Config, v: Variant) -> bool:
     if v.method != sel.method:
         return False
-    levels = [format_level(x) for x in cfg.levels_for(v.model)]
     if sel.levels == "max":
-        ok_level = v.level == max(levels, key=float)
+        ok_level = v.level == max(cfg.levels_for(v.model))
     elif sel.levels == "all":
         ok_level = True
     else:
-        ok_level = v.level in {format_level(x) for x in sel.levels}
+        ok_level = v.level in {Level.from_config(x) for x in sel.levels}
     seeds = seeds_for(cfg, v.method)
     if sel.seeds == "all":
         ok_seed = True
@@ -151,14 +148,15 @@ def tasks_for(cfg: Config, model: str) -> list[str]:
 
 
 def parse_variant(path: str) -> Variant:
-    """Inverse of :attr:`Variant.path`."""
+    """Inverse of :attr:`Variant.path` (the ``{level}`` part read with :meth:`Level.from_label`)."""
     parts = path.strip("/").split("/")
     if len(parts) == 2 and parts[1] == BASE:
         return Variant(parts[0])
     if len(parts) == 4:
-        return Variant(parts[0], parts[1], parts[2], int(parts[3]), "pruned")
+        return Variant(parts[0], parts[1], Level.from_label(parts[2]), int(parts[3]), "pruned")
     if len(parts) == 5 and parts[4].startswith(RECOVERED_PREFIX) and len(parts[4]) > len(RECOVERED_PREFIX):
-        return Variant(parts[0], parts[1], parts[2], int(parts[3]), "recovered", parts[4][len(RECOVERED_PREFIX):])
+        return Variant(parts[0], parts[1], Level.from_label(parts[2]), int(parts[3]), "recovered",
+                       parts[4][len(RECOVERED_PREFIX):])
     raise ValueError(f"not a variant path: {path}")
 
 
@@ -266,7 +264,7 @@ def family_plans(cfg: Any) -> dict[str, FamilyPlan]:
               "device": cfg.device}  # fmt: skip
     if bench.shapes:
         for name, s in bench.shapes.items():
-            levels = [format_level(x) for x in (s.levels or bench.levels or cfg.pruning.levels)]
+            levels = [Level.from_config(x).label for x in (s.levels or bench.levels or cfg.pruning.levels)]
             numbers = {**_shape_numbers(s), "multiple_of": cfg.pruning.multiple_of}
             plans[name] = FamilyPlan(
                 name=name, source="shapes",
@@ -282,7 +280,7 @@ def family_plans(cfg: Any) -> dict[str, FamilyPlan]:
     # so the level's rows describe only the checkpoint timed (first method/seed; others keep memory rows)
     only_measured = cfg.pruning.allocation != "uniform"
 
-    wanted = {format_level(x) for x in bench.levels} if bench.levels else None
+    wanted = {Level.from_config(x) for x in bench.levels} if bench.levels else None
     families: dict[Any, list[str]] = {}
     for v in base_variants(cfg):
         families.setdefault(model_shape_family(cfg, v.model), []).append(v.model)
@@ -291,13 +289,13 @@ def family_plans(cfg: Any) -> dict[str, FamilyPlan]:
         first = models[0]
         m = cfg.models[first]
         base = {"checkpoint": f"results/models/{first}" if m.source == "train" else str(m.path)}
-        levels: dict[str, dict[str, Any]] = {}
+        found: dict[Level, dict[str, Any]] = {}
         for measured in plan:
             v = parse_variant(measured)
             if v.model in models and v.stage != "base" and (wanted is None or v.level in wanted):
                 source = {"checkpoint": v.checkpoint, "variant": v.path}
-                levels.setdefault(v.level, {**source, "only_variant": v.path} if only_measured else source)
-        levels = dict(sorted(levels.items(), key=lambda kv: float(kv[0])))
+                found.setdefault(v.level, {**source, "only_variant": v.path} if only_measured else source)
+        levels = {lv.label: found[lv] for lv in sorted(found)}
         plans[first] = FamilyPlan(
             name=first, source="checkpoints", base=base, levels=levels, num_layers=0, measured_layers=None,
             batch_sizes=list(bench.batch_sizes), phases=list(bench.phases), prompt_tokens=bench.prompt_tokens,

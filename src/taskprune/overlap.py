@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from taskprune.errors import ConfigError, DataError
+from taskprune.levels import Level
 
 log = logging.getLogger(__name__)
 
@@ -90,22 +90,22 @@ def chance_jaccard(ks: list[int], widths: list[int]) -> float:
 
 
 def _jaccard_rows(name_a: str, name_b: str, scores_a: list[np.ndarray], scores_b: list[np.ndarray],
-                  levels: list[str], multiple_of: int) -> list[dict[str, Any]]:  # fmt: skip
-    from taskprune.prune import parse_level, removal_count, select_uniform
+                  levels: list[Level], multiple_of: int) -> list[dict[str, Any]]:  # fmt: skip
+    from taskprune.prune import removal_count, select_uniform
 
     widths = [s.size for s in scores_a]
     if widths != [s.size for s in scores_b]:
         raise DataError(f"{name_a} and {name_b}: score tables of different shapes ({widths} vs {[s.size for s in scores_b]})")
     rows = []
     for level in levels:
-        ks = [removal_count(parse_level(level), w, multiple_of) for w in widths]
+        ks = [removal_count(level, w, multiple_of) for w in widths]
         if sum(ks) == 0:
             continue
         top_a = select_uniform("reverse", widths, ks, scores_a)
         top_b = select_uniform("reverse", widths, ks, scores_b)
         inter = [len(set(a.tolist()) & set(b.tolist())) for a, b in zip(top_a, top_b, strict=True)]
-        base = {"analysis": "jaccard", "model_a": name_a, "model_b": name_b, "level": level,
-                "level_pct": float(Fraction(level))}  # fmt: skip
+        base = {"analysis": "jaccard", "model_a": name_a, "model_b": name_b, "level": level.label,
+                "level_pct": level.pct}  # fmt: skip
         for layer, (a, b, k, w) in enumerate(zip(top_a, top_b, ks, widths, strict=True)):
             rows.append({**base, "layer": layer, "k": k, "width": w, "value": jaccard(a, b),
                          "chance": chance_jaccard([k], [w]), "expected_intersection": k * k / w})  # fmt: skip
@@ -138,7 +138,7 @@ def _spearman_rows(specialist: str, generalist: str, spec: list[np.ndarray], gen
 
 
 def overlap_table(specialists: dict[str, list[np.ndarray]], generalist: str,
-                  generalist_scores: dict[str, list[np.ndarray]], levels: list[str], multiple_of: int = 1) -> Any:  # fmt: skip
+                  generalist_scores: dict[str, list[np.ndarray]], levels: list[Level], multiple_of: int = 1) -> Any:  # fmt: skip
     """The table described in the module docstring.
 
     ``specialists``: two specialists' own selectivity (name -> per-layer arrays); ``generalist_scores``: the
@@ -183,7 +183,11 @@ def run(args: argparse.Namespace) -> int:
 
     specialists = {n: read_score_layers(p) for n, p in parse_assignments(args.specialist, "--specialist", "NAME=PARQUET").items()}
     general = {n: read_score_layers(p) for n, p in parse_assignments(args.generalist_scores, "--generalist-scores", "NAME=PARQUET").items()}
-    table = overlap_table(specialists, args.generalist, general, [str(x) for x in args.levels], args.multiple_of)
+    try:
+        levels = [Level.from_label(str(x)) for x in args.levels]
+    except ValueError as exc:
+        raise ConfigError(f"--level: {exc}") from None
+    table = overlap_table(specialists, args.generalist, general, levels, args.multiple_of)
     write_parquet(table, args.out, metadata={"generalist": args.generalist, "specialists": list(specialists)})
     for row in table.filter(table["layer"].is_null()).iter_rows(named=True):
         log.info("%s %s vs %s level %s: %.3f (chance %.3f)", row["analysis"], row["model_a"], row["model_b"],

@@ -54,6 +54,8 @@ from taskprune.checkpoint import (  # noqa: F401
     read_layout,
 )
 from taskprune.errors import ConfigError, DataError, ModelError
+from taskprune.levels import Level
+from taskprune.score_methods import SCORE_METHODS
 
 if TYPE_CHECKING:  # heavy imports stay out of `taskprune prune --help`
     import numpy as np
@@ -73,20 +75,9 @@ _NOT_COPIED = {"config.json", "training.json", "manifest.parquet", "pruning.json
 # ------------------------------------------------------------------------------------ input parsing
 
 
-def parse_level(text: str | float) -> Fraction:
-    """The level as an exact fraction of a percent (``'15.71'`` -> 1571/100), checked to lie in [0, 100)."""
-    try:
-        value = Fraction(str(text).strip())
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"--level: expected a percentage such as 15.71, got {str(text)!r}") from None
-    if not 0 <= value < 100:
-        raise ConfigError(f"--level: {text} is outside [0, 100)")
-    return value
-
-
-def removal_count(level: Fraction, width: int, multiple_of: int = 1) -> int:
+def removal_count(level: Level, width: int, multiple_of: int = 1) -> int:
     """``k = round(level/100 * width)`` (half up, exact), rounded to the nearest multiple of ``multiple_of``."""
-    exact = Fraction(level) * width / 100
+    exact = level.fraction * width / 100
     return math.floor(exact / multiple_of + Fraction(1, 2)) * multiple_of
 
 
@@ -278,7 +269,7 @@ class PruningPlan:
 
 def plan_pruning(
     direction: str,
-    level: Fraction,
+    level: Level,
     widths: list[int],
     options: Any,
     scores: list[np.ndarray] | None = None,
@@ -290,7 +281,7 @@ def plan_pruning(
         for layer, (w, k) in enumerate(zip(widths, ks, strict=True)):
             if k >= w:
                 raise ConfigError(
-                    f"--level {float(level):g} removes {k} of layer {layer}'s {w} neurons "
+                    f"--level {level.pct:g} removes {k} of layer {layer}'s {w} neurons "
                     f"(pruning.multiple_of {options.multiple_of}); at least one must stay"
                 )
         removed = select_uniform(direction, widths, ks, scores, seed)
@@ -419,7 +410,10 @@ def run(args: argparse.Namespace) -> int:
         direction, score_method = parse_method(args.method)
     except ValueError as exc:
         raise ConfigError(f"--method: {exc}") from None
-    level = parse_level(args.level)
+    try:
+        level = Level.from_label(str(args.level))
+    except ValueError as exc:
+        raise ConfigError(f"--level: {exc}") from None
     if direction == "random" and args.seed <= 0:
         raise ConfigError(f"--seed: method 'random' needs a positive seed, got {args.seed}")
     if direction != "random" and args.seed != 0:
@@ -440,7 +434,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.scores:
             raise ConfigError(f"--scores: method '{args.method}' needs a score table ({score_method})")
         stem = Path(args.scores).stem
-        if stem in _score_names() and stem != score_method:
+        if stem in SCORE_METHODS and stem != score_method:
             raise ConfigError(f"--scores: method '{args.method}' needs the '{score_method}' table, got {args.scores}")
         from taskprune.io import sha256_file
 
@@ -457,8 +451,8 @@ def run(args: argparse.Namespace) -> int:
             "score_method": score_method,
             "score_file": str(args.scores) if scores is not None else None,
             "score_sha256": score_sha256,
-            "level": str(args.level),
-            "level_pct": float(level),
+            "level": level.label,
+            "level_pct": level.pct,
             "seed": int(args.seed),
             "allocation": options.allocation,
             "multiple_of": options.multiple_of,
@@ -475,12 +469,6 @@ def run(args: argparse.Namespace) -> int:
         record["parameters_before"], record["parameters_after"],
     )
     return 0
-
-
-def _score_names() -> tuple[str, ...]:
-    from taskprune.config import SCORE_METHODS
-
-    return SCORE_METHODS
 
 
 def write_pruned_checkpoint(layout: CheckpointLayout, plan: PruningPlan, output: Path,

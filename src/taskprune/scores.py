@@ -27,12 +27,17 @@ With ``v_p`` the per-prompt mean |activation| (see :mod:`taskprune.stats`), ``T`
     i.i.d. uniform [0, 1) draws from ``numpy.random.default_rng(scores.random_seed)`` in (layer, neuron)
     order; it needs only the target statistics for the table's shape.
 
+The methods are registered in :data:`taskprune.score_methods.SCORE_METHODS` (name, whether it needs
+distractors, and its function here); every score function has the signature
+``(target, distractors, epsilon, seed) -> layer, neuron, score``.
+
 Output: ``results/scores/{model}/{method}.parquet`` with ``layer, neuron, score`` (int64, int64, float64),
 sorted by layer and neuron.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,11 +46,11 @@ from typing import Any
 import numpy as np
 
 from taskprune.errors import ConfigError, DataError, ModelError
+from taskprune.score_methods import SCORE_METHODS
 
 log = logging.getLogger(__name__)
 
 KEYS = ["layer", "neuron"]
-NEEDS_DISTRACTORS = {"selectivity": True, "taker": True, "wanda": False, "magnitude": False, "random": False}
 
 
 def pool(frames: Sequence[Any]) -> Any:
@@ -108,7 +113,7 @@ def _shape(df: Any) -> list[int]:
     return per_layer["width"].to_list()
 
 
-def selectivity(target: Any, distractors: Sequence[Any], epsilon: float = 1e-6) -> Any:
+def selectivity(target: Any, distractors: Sequence[Any], epsilon: float, seed: int) -> Any:
     """The paper's ``S = (mu_T - mu_D) / (sigma_A + eps)``; ``S = 0`` where ``sigma_A = 0``."""
     import polars as pl
 
@@ -132,7 +137,7 @@ def selectivity(target: Any, distractors: Sequence[Any], epsilon: float = 1e-6) 
     )
 
 
-def taker(target: Any, distractors: Sequence[Any], epsilon: float = 1e-6) -> Any:
+def taker(target: Any, distractors: Sequence[Any], epsilon: float, seed: int) -> Any:
     """``(mu_T + eps) / (mu_D + eps)`` with ``mu_D`` pooled over the distractors."""
     import polars as pl
 
@@ -144,7 +149,7 @@ def taker(target: Any, distractors: Sequence[Any], epsilon: float = 1e-6) -> Any
     )
 
 
-def wanda(target: Any) -> Any:
+def wanda(target: Any, distractors: Sequence[Any], epsilon: float, seed: int) -> Any:
     """``||W_out[:, j]||_2 * sqrt(sq_mean_T[j])`` (needs the stats columns ``w_out_norm`` and ``sq_mean``)."""
     import polars as pl
 
@@ -157,14 +162,14 @@ def wanda(target: Any) -> Any:
     return target.select(*KEYS, (pl.col("w_out_norm") * pl.col("sq_mean").sqrt()).alias("score"))
 
 
-def magnitude(target: Any) -> Any:
+def magnitude(target: Any, distractors: Sequence[Any], epsilon: float, seed: int) -> Any:
     """``mu_T``: the mean per-prompt |activation| on the target task."""
     import polars as pl
 
     return target.select(*KEYS, pl.col("mean").alias("score"))
 
 
-def random_scores(target: Any, seed: int) -> Any:
+def random_scores(target: Any, distractors: Sequence[Any], epsilon: float, seed: int) -> Any:
     """Uniform [0, 1) scores, seeded, in (layer, neuron) order."""
     import polars as pl
 
@@ -178,18 +183,11 @@ def compute_scores(
     """The score table ``layer, neuron, score`` (int64, int64, float64) of one method."""
     import polars as pl
 
-    if method == "selectivity":
-        table = selectivity(target, distractors, epsilon)
-    elif method == "taker":
-        table = taker(target, distractors, epsilon)
-    elif method == "wanda":
-        table = wanda(target)
-    elif method == "magnitude":
-        table = magnitude(target)
-    elif method == "random":
-        table = random_scores(target, seed)
-    else:
-        raise ConfigError(f"unknown score method '{method}' (allowed: {', '.join(NEEDS_DISTRACTORS)})")
+    entry = SCORE_METHODS.get(method)
+    if entry is None:
+        raise ConfigError(f"unknown score method '{method}' (allowed: {', '.join(SCORE_METHODS)})")
+    module, _, name = entry.function.partition(":")
+    table = getattr(importlib.import_module(module), name)(target, distractors, epsilon, seed)
     table = table.sort(KEYS).select(
         pl.col("layer").cast(pl.Int64), pl.col("neuron").cast(pl.Int64), pl.col("score").cast(pl.Float64)
     )
@@ -204,7 +202,7 @@ def compute_scores(
 
 
 def add_arguments(parser: Any) -> None:
-    from taskprune.config import SCORE_METHODS, add_config_arguments
+    from taskprune.config import add_config_arguments
 
     parser.add_argument("--method", required=True, choices=SCORE_METHODS, help="score to compute")
     parser.add_argument("--target", required=True, help="statistics Parquet of the model on its target task")
@@ -226,7 +224,7 @@ def run(args: Any) -> int:
 
     opts = stage_options(args, {"scores": ScoresConfig})
     cfg: ScoresConfig = opts.scores
-    if NEEDS_DISTRACTORS[args.method] and not args.distractors:
+    if SCORE_METHODS[args.method].needs_distractors and not args.distractors:
         raise ConfigError(f"--distractors: score method '{args.method}' needs at least one distractor statistics file")
     paths = [args.target, *args.distractors]
     if len({str(Path(p).resolve()) for p in paths}) != len(paths):

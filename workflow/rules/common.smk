@@ -6,7 +6,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from taskprune.config import SPLITS as _SPLITS, format_level, parse_method, validate_config
+from taskprune.config import SPLITS as _SPLITS, parse_method, validate_config
 from taskprune.errors import TaskpruneError
 from taskprune import grid
 from taskprune.grid import bench_plan, family_plans
@@ -215,10 +215,10 @@ def train_init(wildcards):
 def score_inputs(wildcards):
     """Contrastive scores read the distractor statistics; the others only the target's, so adding a
     distractor set reruns selectivity and taker but not wanda, magnitude or random."""
-    from taskprune.scores import NEEDS_DISTRACTORS
+    from taskprune.score_methods import SCORE_METHODS
 
     m = model_cfg(wildcards.model)
-    contrastive = NEEDS_DISTRACTORS[wildcards.score]
+    contrastive = SCORE_METHODS[wildcards.score].needs_distractors
     return {
         "target": f"results/stats/{wildcards.model}/{m.task}.parquet",
         "distractors": [f"results/stats/{wildcards.model}/{d}.parquet" for d in m.distractors]
@@ -361,5 +361,5 @@ def overlap_plan():
 
 
 def overlap_levels():
-    levels = {format_level(x) for m in (OVERLAP[1] if OVERLAP else []) for x in CFG.levels_for(m)}
-    return sorted(levels, key=float)
+    levels = {lv for m in (OVERLAP[1] if OVERLAP else []) for lv in CFG.levels_for(m)}
+    return [lv.label for lv in sorted(levels)]

@@ -310,8 +310,8 @@ def variant_fields(variant: str) -> dict[str, Any]:
         "variant": v.path,
         "model": v.model,
         "method": v.method,
-        "level": v.level,
-        "level_pct": float(v.level),
+        "level": v.level.label,
+        "level_pct": v.level.pct,
         "seed": int(v.seed),
         "stage": v.stage,
     }

@@ -140,7 +140,8 @@ def build_shapes_model(numbers: dict[str, Any], level: str | None, layers: int |
     from taskprune.arch import get_adapter, layer_widths, mlp_modules
     from taskprune.checkpoint import _sync_shape_attributes
     from taskprune.config import PruningConfig
-    from taskprune.prune import _slice_tensor, parse_level, plan_pruning
+    from taskprune.levels import Level
+    from taskprune.prune import _slice_tensor, plan_pruning
 
     config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[numbers["model_type"]]
     depth = int(layers or numbers["num_hidden_layers"])
@@ -161,8 +162,9 @@ def build_shapes_model(numbers: dict[str, Any], level: str | None, layers: int |
     _fill_random(model, SYNTHETIC_SEED)
     if level is not None:
         widths = layer_widths(model)
-        options = PruningConfig(levels=[float(level)], allocation="uniform", multiple_of=numbers.get("multiple_of", 1))
-        plan = plan_pruning("random", parse_level(level), widths, options, seed=SYNTHETIC_SEED)
+        lv = Level.from_label(level)
+        options = PruningConfig(levels=[lv.pct], allocation="uniform", multiple_of=numbers.get("multiple_of", 1))
+        plan = plan_pruning("random", lv, widths, options, seed=SYNTHETIC_SEED)
         adapter = get_adapter(model)
         with torch.no_grad():
             for mlp, removed, width in zip(mlp_modules(model), plan.removed, widths, strict=True):
