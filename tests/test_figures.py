@@ -12,7 +12,7 @@ import pytest
 
 from taskprune import figures
 from taskprune.cli import main
-from taskprune.metric_names import HEADLINE_METRIC
+from taskprune.tasks.metric_names import HEADLINE_METRIC
 
 LEVELS = (10, 30)
 D_FF, LAYERS = 24, 2

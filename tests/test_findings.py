@@ -10,7 +10,7 @@ import pytest
 
 from taskprune import findings as F
 from taskprune.cli import main
-from taskprune.metric_names import MATH_HEADLINE_METRIC
+from taskprune.tasks.metric_names import MATH_HEADLINE_METRIC
 
 Z = 1.959963984540054
 N = 200  # items per task

@@ -50,8 +50,8 @@ import polars as pl
 
 from taskprune.errors import DataError
 from taskprune.io import read_parquet, write_json, write_text
-from taskprune.metric_names import HEADLINE_METRIC
 from taskprune.recipes import PAPER_RECIPE
+from taskprune.tasks.metric_names import HEADLINE_METRIC
 
 log = logging.getLogger(__name__)
 
@@ -1196,7 +1196,7 @@ METRIC_COLUMNS = (
     "model", "method", "direction", "score", "level", "level_pct", "seed", "stage",
     "task", "task_kind", "metric", "value", "n", "ci_low", "ci_high",
 )  # fmt: skip
-TARGET_METRIC = HEADLINE_METRIC  # the target task's headline metric (taskprune.metric_names)
+TARGET_METRIC = HEADLINE_METRIC  # the target task's headline metric (taskprune.tasks.metric_names)
 
 
 def load_metrics(path: str | Path) -> pl.DataFrame:
