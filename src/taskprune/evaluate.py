@@ -1,8 +1,10 @@
 """Generate with one model variant on all of its tasks and score every generation.
 
-Why one module: the specialists' held-out check (``taskprune train``) and the evaluation of every base,
-pruned and recovered variant must score answers the same way, so extraction, normalisation, program
-assembly and text similarity live here, next to the ``taskprune evaluate`` command.
+Why one scorer: the specialists' held-out check (``taskprune train``) and the evaluation of every base,
+pruned and recovered variant must score answers the same way, so extraction, normalisation and program
+assembly live with each task kind (:mod:`taskprune.tasks`, registry ``TASK_KINDS``) and both stages call
+them; this module keeps what needs heavy packages (math-verify, chrF, sentence embeddings), the intervals
+and the ``taskprune evaluate`` command, which looks every per-kind step up in the registry.
 
 One ``taskprune evaluate`` job evaluates one variant on its target task and its distractors (the model
 is loaded once), and writes
