@@ -606,7 +606,7 @@ def _tree(root: Path) -> dict[str, tuple[str, int]]:
 
 
 def _user_namespace_isolation():
-    from taskprune.sandbox import Isolation, _probe
+    from taskprune.tasks.sandbox import Isolation, _probe
 
     unshare = shutil.which("unshare")
     prefix = (unshare, "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child") if unshare else ()
@@ -616,7 +616,7 @@ def _user_namespace_isolation():
 
 
 def _has_landlock() -> bool:
-    from taskprune.sandbox import landlock_abi
+    from taskprune.tasks.sandbox import landlock_abi
 
     return landlock_abi() >= 1
 
@@ -639,8 +639,8 @@ def test_sandboxed_code_cannot_touch_the_results_tree(mode: str, monkeypatch) ->
     ordinary permissions (directories 0755, files 0644, owned by the user running the pipeline)."""
     import tempfile
 
-    from taskprune import sandbox
-    from taskprune.sandbox import Isolation, run_programs
+    from taskprune.tasks import sandbox
+    from taskprune.tasks.sandbox import Isolation, run_programs
 
     if mode == "root":
         if os.geteuid() != 0 or sandbox.isolation().mode != "root":

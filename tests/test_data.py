@@ -16,6 +16,10 @@ from taskprune import data
 from taskprune.config import SPLITS, DataConfig, TaskConfig
 from taskprune.errors import DataError, TaskpruneError
 from taskprune.io import sha256_file
+from taskprune.tasks import COMMON_COLUMNS, TASK_KINDS, splits
+from taskprune.tasks import code as code_kind
+from taskprune.tasks import math as math_kind
+from taskprune.tasks.words import load_words
 
 KINDS = ["math", "code", "conversation", "qna"]
 SMALL = DataConfig(
@@ -67,7 +71,7 @@ def test_contract_columns_sizes_and_disjoint_splits(kind, suites):
     prompts: dict[str, set[str]] = {}
     ids: list[str] = []
     for split, df in frames.items():
-        for col in (*data.COMMON_COLUMNS, *data.TASK_FIELDS[kind]):
+        for col in (*COMMON_COLUMNS, *TASK_KINDS[kind].fields):
             assert col in df.columns, (split, col)
         assert df.filter(pl.col("prompt").str.len_chars() == 0).height == 0
         prompts[split] = set(df["prompt"])
@@ -140,10 +144,10 @@ def test_validation_split_size_and_variety(default_suites):
 
 def test_skeleton_bucket_is_a_pure_function_of_the_skeleton():
     cfg = DataConfig()
-    buckets = [data.skeleton_bucket(f"t|{i}", "math", cfg) for i in range(4000)]
+    buckets = [splits.skeleton_bucket(f"t|{i}", "math", cfg) for i in range(4000)]
     share = {b: buckets.count(b) / len(buckets) for b in ("eval", "validation", "train")}
     assert share["eval"] == pytest.approx(0.1, abs=0.02) and share["validation"] == pytest.approx(0.1, abs=0.02)
-    assert buckets == [data.skeleton_bucket(f"t|{i}", "math", cfg) for i in range(4000)]
+    assert buckets == [splits.skeleton_bucket(f"t|{i}", "math", cfg) for i in range(4000)]
 
 
 def test_calibration_stats_split_is_seeded_80_20(suites):
@@ -154,7 +158,7 @@ def test_calibration_stats_split_is_seeded_80_20(suites):
     order = list(range(40))
     random.Random(42).shuffle(order)
     assert {i for i, f in enumerate(flags) if f} == set(order[:32])
-    assert data.stats_mask(40, 0.8, 43) != flags
+    assert splits.stats_mask(40, 0.8, 43) != flags
 
 
 # ---------------------------------------------------------------------------------------------- math
@@ -170,10 +174,10 @@ def _recompute(a: int, op: str, b: int) -> Fraction:
 
 def test_every_math_answer_is_the_value_of_its_reasoning():
     rng = random.Random(123)
-    words = data.load_words()
+    words = load_words()
     templates, step_counts = set(), set()
     for _ in range(3000):
-        item = data.make_math(rng, words)
+        item = math_kind.make_math(rng, words)
         templates.add(item["template"])
         lines = item["answer"].split("\n")
         assert lines[-1] == f"#### {item['reference']}"
@@ -184,7 +188,7 @@ def test_every_math_answer_is_the_value_of_its_reasoning():
             a, op, b, c = found[0]
             value = _recompute(int(a), op, int(b))
             assert value.denominator == 1 and value == int(c), line  # integer result, computed right
-            assert 0 <= value <= data.MATH_MAX_VALUE
+            assert 0 <= value <= math_kind.MATH_MAX_VALUE
             # the difficulty rules: single-digit second operands, multiplication-table products/quotients
             assert 1 <= int(b) <= 9 and (op != "*" or int(a) <= 9) and (op != "/" or int(c) <= 9), line
             equations.append((int(a), op, int(b), int(c)))
@@ -201,8 +205,8 @@ def test_every_math_answer_is_the_value_of_its_reasoning():
             used |= {a, b}
             known.add(c)
         assert set(given) <= used, (item["question"], item["answer"])
-        assert data.math_reference(item["answer"]) == item["reference"]
-    assert templates == set(data.MATH_TEMPLATES) and len(templates) >= 8
+        assert math_kind.math_reference(item["answer"]) == item["reference"]
+    assert templates == set(math_kind.MATH_TEMPLATES) and len(templates) >= 8
     assert step_counts == {2, 3, 4}
 
 
@@ -224,13 +228,13 @@ def _wrong_body(canonical: str, returns: str) -> str:
 
 
 def test_code_canonical_solutions_pass_and_near_misses_fail():
-    from taskprune.evaluate import code_program
-    from taskprune.sandbox import run_programs
+    from taskprune.tasks.code import code_program
+    from taskprune.tasks.sandbox import run_programs
 
     rng = random.Random(5)
     items: dict[str, list[dict[str, str]]] = {}
-    while any(len(items.get(f, [])) < 2 for f in data.CODE_FAMILIES):
-        item = data.make_code(rng)
+    while any(len(items.get(f, [])) < 2 for f in code_kind.CODE_FAMILIES):
+        item = code_kind.make_code(rng)
         items.setdefault(item["family"], []).append(item)
     chosen = [it for fam in sorted(items) for it in items[fam][:2]]
     assert len(items) >= 10
@@ -393,10 +397,10 @@ def test_missing_local_file_and_bad_suffix(tmp_path):
 def test_read_split_checks_columns_and_rows(tmp_path):
     pl.DataFrame({"id": ["a"], "prompt": ["p"]}).write_parquet(tmp_path / "few.parquet")
     with pytest.raises(DataError, match="missing column"):
-        data.read_split(tmp_path / "few.parquet")
-    pl.DataFrame(schema={c: pl.String for c in data.COMMON_COLUMNS}).write_parquet(tmp_path / "empty.parquet")
+        splits.read_split(tmp_path / "few.parquet")
+    pl.DataFrame(schema={c: pl.String for c in COMMON_COLUMNS}).write_parquet(tmp_path / "empty.parquet")
     with pytest.raises(DataError, match="empty"):
-        data.read_split(tmp_path / "empty.parquet")
+        splits.read_split(tmp_path / "empty.parquet")
 
 
 def test_unknown_size_key_is_a_config_error(tmp_path):

@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 from conftest import run_snakemake
 
-from taskprune.metric_names import HARNESS_TASK_PREFIX, HEADLINE_METRIC
+from taskprune.tasks.metric_names import HARNESS_TASK_PREFIX, HEADLINE_METRIC
 
 pytestmark = pytest.mark.slow
 

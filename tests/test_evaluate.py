@@ -13,22 +13,16 @@ from conftest import tiny_model
 from test_generate import VOCAB, byte_bpe_tokenizer
 
 from taskprune.cli import main
-from taskprune.evaluate import (
-    STOP_STRINGS,
-    bootstrap_interval,
-    chrf,
-    code_program,
-    embedding_model_available,
-    exact_match,
-    extract_code_block,
-    stop_strings_for,
-    token_f1,
-    truncate_base_completion,
-)
-from taskprune.metric_names import FINAL_ANSWER_NUMERIC_MATCH, HEADLINE_METRIC
+from taskprune.evaluate import bootstrap_interval, chrf, embedding_model_available
 from taskprune.metrics import GATHERED_COLUMNS, METRICS_COLUMNS
 from taskprune.report.estimates import wilson_interval
-from taskprune.sandbox import run_programs
+from taskprune.tasks import TASK_KINDS, stop_strings_for
+from taskprune.tasks.code import code_program, extract_code_block, truncate_base_completion
+from taskprune.tasks.metric_names import FINAL_ANSWER_NUMERIC_MATCH, HEADLINE_METRIC
+from taskprune.tasks.sandbox import run_programs
+from taskprune.tasks.text import exact_match, token_f1
+
+STOP_STRINGS = {kind: list(spec.stop_strings) for kind, spec in TASK_KINDS.items()}
 
 # ------------------------------------------------------------------------------------------- code
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 
 from taskprune.cli import main
-from taskprune.metric_names import HEADLINE_METRIC
 from taskprune.report import figures
 from taskprune.report.style import curve, finish_figure, plot_base, plot_curve, subplots
+from taskprune.tasks.metric_names import HEADLINE_METRIC
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -11,10 +11,10 @@ import polars as pl
 import pytest
 
 from taskprune.cli import main
-from taskprune.metric_names import HEADLINE_METRIC
 from taskprune.report import figures
 from taskprune.report.results import load_results
 from taskprune.report.tables import TABLES
+from taskprune.tasks.metric_names import HEADLINE_METRIC
 
 LEVELS = (10, 30)
 D_FF, LAYERS = 24, 2

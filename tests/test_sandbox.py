@@ -20,7 +20,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from taskprune.sandbox import _UID_BASE, SandboxResult, isolation, landlock_abi, run_program, run_programs
+from taskprune.tasks.sandbox import (
+    _UID_BASE,
+    SandboxResult,
+    isolation,
+    landlock_abi,
+    run_program,
+    run_programs,
+)
 
 BIG_IN_TMP = Path("/tmp/taskprune-hostile-big.bin")
 TIMEOUT = 3.0

@@ -14,6 +14,7 @@ import torch
 from taskprune import data, train
 from taskprune.config import DataConfig, EvaluationConfig, GeneralistConfig, ModelConfig, TaskConfig
 from taskprune.errors import DataError
+from taskprune.tasks import COMMON_COLUMNS
 
 TEXTS = [
     "Question: Ava has 12 apples and buys 7 more.\nAnswer: 12 + 7 = 19\n#### 19",
@@ -234,7 +235,7 @@ def test_missing_and_broken_inputs_are_one_line_errors(data_dir, tmp_path):
     pl.DataFrame({"id": ["x"], "prompt": ["p"]}).write_parquet(broken / "qna" / "train.parquet")
     with pytest.raises(DataError, match=r"qna/train.parquet.*missing column\(s\) completion"):
         train.train_specialist("m", cfg, {}, broken, tmp_path / "out", EVAL, "cpu", False)
-    pl.DataFrame(schema={c: pl.String for c in data.COMMON_COLUMNS}).write_parquet(broken / "qna" / "train.parquet")
+    pl.DataFrame(schema={c: pl.String for c in COMMON_COLUMNS}).write_parquet(broken / "qna" / "train.parquet")
     with pytest.raises(DataError, match="empty"):
         train.train_specialist("m", cfg, {}, broken, tmp_path / "out", EVAL, "cpu", False)
     assert not (tmp_path / "out").exists()  # nothing half-written

@@ -30,8 +30,10 @@ from pydantic import (
 from taskprune.errors import ConfigError
 from taskprune.levels import Level
 from taskprune.score_methods import SCORE_METHODS, check_score_method
+from taskprune.tasks import TASK_KINDS
 
-TaskKind = Literal["math", "code", "conversation", "qna"]
+#: The allowed ``tasks.<task>.kind`` values: the registry's kinds (``taskprune.tasks.TASK_KINDS``).
+TaskKindName = Literal[tuple(TASK_KINDS)]  # type: ignore[valid-type]
 Direction = Literal["selective", "reverse", "random"]
 #: a name of :data:`taskprune.score_methods.SCORE_METHODS` (checked when the config is validated)
 ScoreMethodName = Annotated[str, BeforeValidator(check_score_method)]
@@ -65,7 +67,7 @@ class TaskSource(_Strict):
 class TaskConfig(_Strict):
     """A task (target or distractor): its kind and, for real data, where each split comes from."""
 
-    kind: TaskKind
+    kind: TaskKindName
     train: TaskSource = Field(default_factory=TaskSource)
     calibration: TaskSource = Field(default_factory=TaskSource)
     validation: TaskSource | None = Field(
@@ -78,13 +80,13 @@ class DataConfig(_Strict):
     """Sizes and seeds of the prepared splits (synthetic suites, or subsets of real data)."""
 
     seed: int = 42
-    train_size: dict[str, int] = Field(default_factory=lambda: {"math": 20000, "code": 20000, "conversation": 4000, "qna": 4000})
+    train_size: dict[str, int] = Field(default_factory=lambda: {k: t.train_size for k, t in TASK_KINDS.items()})
     calibration_size: int = Field(1000, ge=2, description="prompts per task for statistics (before the 80/20 split)")
     calibration_stats_fraction: float = Field(0.8, gt=0, le=1)
     split_seed: int = 42
-    eval_size: dict[str, int] = Field(default_factory=lambda: {"math": 200, "code": 100, "conversation": 100, "qna": 100})
+    eval_size: dict[str, int] = Field(default_factory=lambda: {k: t.eval_size for k, t in TASK_KINDS.items()})
     validation_size: dict[str, int] = Field(
-        default_factory=lambda: {"math": 200, "code": 100, "conversation": 100, "qna": 100},
+        default_factory=lambda: {k: t.validation_size for k, t in TASK_KINDS.items()},
         description="per task: items for model-building choices (never the eval split)",
     )
     eval_skeleton_share: float = Field(0.1, gt=0, lt=0.5, description="synthetic: share of skeletons held out for eval")
@@ -381,7 +383,7 @@ class SandboxConfig(_Strict):
 
 class EvaluationConfig(_Strict):
     max_new_tokens: dict[str, int] = Field(
-        default_factory=lambda: {"math": 160, "code": 192, "conversation": 64, "qna": 32}
+        default_factory=lambda: {k: t.max_new_tokens for k, t in TASK_KINDS.items()}
     )
     batch_size: int = Field(64, ge=1)
     token_budget: int = Field(16384, ge=16)

@@ -1,8 +1,10 @@
 """Generate with one model variant on all of its tasks and score every generation.
 
-Why one module: the specialists' held-out check (``taskprune train``) and the evaluation of every base,
-pruned and recovered variant must score answers the same way, so extraction, normalisation, program
-assembly and text similarity live here, next to the ``taskprune evaluate`` command.
+Why one scorer: the specialists' held-out check (``taskprune train``) and the evaluation of every base,
+pruned and recovered variant must score answers the same way, so extraction, normalisation and program
+assembly live with each task kind (:mod:`taskprune.tasks`, registry ``TASK_KINDS``) and both stages call
+them; this module keeps what needs heavy packages (math-verify, chrF, sentence embeddings), the intervals
+and the ``taskprune evaluate`` command, which looks every per-kind step up in the registry.
 
 One ``taskprune evaluate`` job evaluates one variant on its target task and its distractors (the model
 is loaded once), and writes
@@ -24,12 +26,12 @@ Scoring rules:
   normalisation; a number inside text such as ``18 dollars`` counts). ``final_answer_math_verify`` (with
   ``evaluation.math_verify``, for LaTeX answers such as Qwen2.5-Math's ``\\boxed{\\frac{3}{4}}``):
   HF math-verify's ``parse``/``verify`` equivalence. The names and how they map to lm-eval's GSM8K
-  ``strict-match``/``flexible-extract`` filters are in :mod:`taskprune.metric_names`. Normalisation drops ``$``, ``%``, thousands commas, LaTeX spacing and
+  ``strict-match``/``flexible-extract`` filters are in :mod:`taskprune.tasks.metric_names`. Normalisation drops ``$``, ``%``, thousands commas, LaTeX spacing and
   ``\\text{}``, turns ``\\frac{a}{b}``/``a/b`` into numbers and writes numbers canonically (``18.50`` ->
   ``18.5``, ``1/2`` -> ``0.5``, ``4/1`` -> ``4``).
 - **Code**: base-style completions are cut at the first new top-level ``def``/``class``/``if``/
   ``print(``/``#`` line; instruct-style answers contribute their fenced code block. The program
-  ``prompt + completion + test + check(entry_point)`` runs in :mod:`taskprune.sandbox`; pass@1 is the
+  ``prompt + completion + test + check(entry_point)`` runs in :mod:`taskprune.tasks.sandbox`; pass@1 is the
   share passed (with ``n`` samples per task, the unbiased pass@k of Chen et al. 2021).
 - **Distractors** (retention): each answer against the base model's answer to the same prompt: token F1
   (SQuAD normalisation), chrF (sacrebleu, scaled to 0..1) and, when the offline all-MiniLM-L6-v2 package
@@ -41,178 +43,23 @@ Scoring rules:
 from __future__ import annotations
 
 import argparse
-import collections
 import importlib.util
 import logging
 import math
-import re
-import string
 import time
 from collections.abc import Sequence
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from taskprune.errors import ConfigError, DataError
-from taskprune.metric_names import (
-    FINAL_ANSWER_MATH_VERIFY,
-    FINAL_ANSWER_NUMERIC_MATCH,
-    FORMATTED_ANSWER_MATCH,
-    HEADLINE_METRIC,
-    MATH_VERIFY_HEADLINE_COLUMN,
-    RETENTION_HEADLINE_METRIC,
-)
 from taskprune.report.estimates import wilson_interval
+from taskprune.tasks import TASK_KINDS, ScoreOptions, stop_strings_for
+from taskprune.tasks.math import _hash_answer, _last_boxed
+from taskprune.tasks.text import token_f1
 
 logger = logging.getLogger(__name__)
 
-# --------------------------------------------------------------------------------------- stop strings
-
-#: Base-style code completions end where a new top-level statement starts (HumanEval's stop sequences).
-CODE_STOP_STRINGS: list[str] = ["\ndef ", "\nclass ", "\nif ", "\nprint(", "\n#"]
-
-#: Stop strings per task kind for base-style prompts (the synthetic suites' formats: ``Question: ..
-#: Answer:``, ``User: .. Assistant:``, ``Context: .. Question: .. Answer:``). Chat-template models stop at
-#: EOS; use :func:`stop_strings_for`, which drops the code stops for instruct-style answers.
-STOP_STRINGS: dict[str, list[str]] = {
-    "math": ["\nQuestion:"],
-    "code": CODE_STOP_STRINGS,
-    "conversation": ["\nUser:"],
-    "qna": ["\n"],
-}
-
-
-def stop_strings_for(kind: str, code_style: str = "base") -> list[str]:
-    """The stop strings to generate with: none for instruct-style code (its fenced block has defs)."""
-    if kind == "code" and code_style == "instruct":
-        return []
-    return list(STOP_STRINGS.get(kind, []))
-
-
 # ----------------------------------------------------------------------------------------------- math
-
-# A number: optional sign, digits with optional thousands groups, optional decimals, optional "/denominator".
-_NUMBER = r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:\s*/\s*\d+)?"
-_NUMBER_RE = re.compile(_NUMBER)
-_BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
-
-
-def _numbers_in(text: str) -> list[str]:
-    """Substrings of ``text`` that are numbers (at least one digit)."""
-    return [m.group(0) for m in _NUMBER_RE.finditer(text) if any(ch.isdigit() for ch in m.group(0))]
-
-
-def _last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}``, balancing nested braces (None if absent or unclosed)."""
-    starts = [m.end() for m in _BOXED_RE.finditer(text)]
-    for start in reversed(starts):
-        depth = 1
-        for i in range(start, len(text)):
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[start:i]
-    return None
-
-
-def _hash_answer(text: str) -> str | None:
-    """The answer after the first ``####`` (its first line), or None."""
-    if "####" not in text:
-        return None
-    after = text.split("####", 1)[1].strip()
-    line = after.splitlines()[0].strip() if after else ""
-    return line or None
-
-
-def formatted_answer(text: str) -> str | None:
-    """The answer given in the requested format: the last ``\\boxed{}``, else the first ``####`` line."""
-    boxed = _last_boxed(text)
-    return boxed if boxed is not None else _hash_answer(text)
-
-
-def _canonical_number(value: Fraction) -> str:
-    """``18`` for integers, a plain decimal when it terminates (``0.5``), else ``p/q``."""
-    if value.denominator == 1:
-        return str(value.numerator)
-    den = value.denominator
-    for p in (2, 5):
-        while den % p == 0:
-            den //= p
-    if den != 1:
-        return f"{value.numerator}/{value.denominator}"
-    text = f"{float(value):.12f}".rstrip("0").rstrip(".")
-    return text if Fraction(text) == value else f"{value.numerator}/{value.denominator}"
-
-
-def parse_number(text: str) -> Fraction | None:
-    """The exact value of a string that is one number (``-1,234.50``, ``3/4``), else None."""
-    t = text.strip().replace(" ", "")
-    if not t or not _NUMBER_RE.fullmatch(t) or not any(ch.isdigit() for ch in t):
-        return None
-    t = t.replace(",", "")
-    try:
-        if "/" in t:
-            num, den = t.split("/")
-            return Fraction(num) / Fraction(den) if Fraction(den) != 0 else None
-        return Fraction(t)
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def normalize_answer(text: str) -> str:
-    """Canonical form of an answer string (see the module docstring); numbers written canonically."""
-    s = text.strip()
-    s = re.sub(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}", r"\1", s)
-    s = re.sub(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}", r"(\1)/(\2)", s)
-    s = re.sub(r"\((-?[\d.,]+)\)/\((-?[\d.,]+)\)", r"\1/\2", s)  # (a)/(b) -> a/b for plain numbers
-    for token in ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\ ", "\\$", "$", "\\%", "%", "{,}"):
-        s = s.replace(token, "")
-    s = s.strip().rstrip(".").strip()
-    s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)  # thousands separators
-    s = re.sub(r"\s+", " ", s)
-    value = parse_number(s)
-    if value is not None:
-        return _canonical_number(value)
-    return s.replace(" ", "")
-
-
-def math_answer(text: str) -> str | None:
-    """The normalised final answer of a math generation: ``\\boxed{}`` (last), else ``####`` (first),
-    else the last number in the text; None when there is none."""
-    answer = formatted_answer(text)
-    if answer is not None:
-        return normalize_answer(answer)
-    numbers = _numbers_in(text)
-    return normalize_answer(numbers[-1]) if numbers else None
-
-
-def _as_number(answer: str) -> Fraction | None:
-    """The answer's value: the whole normalised string as a number, else the first number inside it."""
-    value = parse_number(answer)
-    if value is not None:
-        return value
-    for candidate in _numbers_in(answer):
-        value = parse_number(candidate)
-        if value is not None:
-            return value
-    return None
-
-
-def score_math(generation: str, reference: str) -> tuple[bool, bool]:
-    """(formatted_answer_match, final_answer_numeric_match) of a math generation against the reference
-    (see :mod:`taskprune.metric_names`)."""
-    ref = normalize_answer(str(reference))
-    formatted = formatted_answer(generation)
-    formatted_match = formatted is not None and normalize_answer(formatted) == ref
-    answer = math_answer(generation)
-    if answer is None:
-        return formatted_match, False
-    ref_value, value = parse_number(ref), _as_number(answer)
-    numeric = (value == ref_value) if (ref_value is not None and value is not None) else answer == ref
-    return formatted_match, numeric or formatted_match
-
 
 def math_verify_match(generation: str, reference: str) -> bool:
     """HF math-verify's equivalence of a generation's answer and the reference (LaTeX-aware: fractions,
@@ -241,121 +88,8 @@ def math_verify_match(generation: str, reference: str) -> bool:
     return bool(verify(gold, pred, timeout_seconds=timeout))
 
 
-# ----------------------------------------------------------------------------------------------- code
-
-_TOP_LEVEL_STOP = re.compile(r"\n(?:def |class |if |print\(|#)")
-_FENCE_RE = re.compile(r"```[ \t]*([\w+.-]*)[ \t]*\n(.*?)(?:\n[ \t]*```|\Z)", re.DOTALL)
-
-
-def truncate_base_completion(completion: str) -> str:
-    """Cut a base-style completion (a function body) before the first new top-level def/class/if/print/#."""
-    match = _TOP_LEVEL_STOP.search(completion)
-    return completion[: match.start()] if match else completion
-
-
-def extract_code_block(text: str, entry_point: str | None = None) -> str:
-    """The fenced code block of an instruct-style answer: the first one defining ``entry_point``, else
-    the first python (or untagged) block, else the whole text with base-style truncation."""
-    blocks = [(lang.lower(), body) for lang, body in _FENCE_RE.findall(text)]
-    if not blocks:
-        return truncate_base_completion(text)
-    if entry_point:
-        for _, body in blocks:
-            if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", body, re.MULTILINE):
-                return body
-    for lang, body in blocks:
-        if lang in ("", "python", "py", "python3"):
-            return body
-    return blocks[0][1]
-
-
-def _compiles(source: str) -> bool:
-    try:
-        compile(source, "<prompt>", "exec")
-    except (SyntaxError, ValueError):
-        return False
-    return True
-
-
-def _python_prefix(prompt: str) -> str:
-    """Python code to put before an instruct answer that defines the whole function: the HumanEval prompt
-    (its imports and helpers; a body-less signature gets ``pass``), or the code fenced in a chat message,
-    or at least the prompt's import lines."""
-    candidate = prompt if prompt.endswith("\n") else prompt + "\n"
-    if candidate.rstrip().endswith(":"):
-        candidate += "    pass\n"
-    if _compiles(candidate):
-        return candidate
-    for _, body in _FENCE_RE.findall(prompt):
-        if _compiles(body):
-            return body + "\n"
-    imports = [ln for ln in prompt.splitlines() if re.match(r"^(?:from\s+\S+\s+)?import\s", ln)]
-    return "\n".join(imports) + ("\n" if imports else "")
-
-
-def code_program(
-    prompt: str, completion: str, test: str, entry_point: str, style: str = "base"
-) -> str:
-    """The full program to execute: the function (prompt + post-processed completion), the task's
-    ``check(candidate)`` and the call ``check(entry_point)``.
-
-    ``style="base"``: the completion continues the prompt (a function body) and is cut at the first new
-    top-level statement. ``style="instruct"``: the answer's fenced code block; when it defines
-    ``entry_point`` it follows the prompt's code (imports, helpers), else it is treated as a body.
-    """
-    if style not in ("base", "instruct"):
-        raise ValueError(f"style must be 'base' or 'instruct', got {style!r}")
-    if style == "base":
-        function = prompt + truncate_base_completion(completion)
-    else:
-        code = extract_code_block(completion, entry_point)
-        if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", code, re.MULTILINE):
-            function = _python_prefix(prompt) + "\n" + code
-        else:
-            function = prompt + truncate_base_completion(code)
-    return f"{function.rstrip()}\n\n\n{test.strip()}\n\n\ncheck({entry_point})\n"
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from ``n`` samples of which ``c`` passed: ``1 - C(n-c, k) / C(n, k)``, computed as
-    ``1 - prod_{i=n-c+1}^{n} (1 - k/i)`` (numerically stable; Chen et al. 2021)."""
-    if not 0 <= c <= n or k < 1:
-        raise ValueError(f"need 0 <= c <= n and k >= 1, got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    product = 1.0
-    for i in range(n - c + 1, n + 1):
-        product *= 1.0 - k / i
-    return 1.0 - product
-
 
 # ------------------------------------------------------------------------------------ text similarity
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = set(string.punctuation)
-
-
-def normalize_text(text: str) -> str:
-    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
-    return " ".join(_ARTICLES.sub(" ", text).split())
-
-
-def exact_match(prediction: str, reference: str) -> bool:
-    return normalize_text(prediction) == normalize_text(reference)
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    """SQuAD token F1 of two strings (1.0 when both are empty after normalisation, 0.0 when one is)."""
-    pred, ref = normalize_text(prediction).split(), normalize_text(reference).split()
-    if not pred or not ref:
-        return float(pred == ref)
-    common = sum((collections.Counter(pred) & collections.Counter(ref)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
 
 _CHRF = None
 
@@ -463,38 +197,8 @@ def mean_row(metric: str, values: Sequence[float]) -> tuple[str, float, int, flo
     return metric, (float(sum(values)) / n if n else math.nan), n, low, high
 
 
+
 # ------------------------------------------------------------------------------------------- scoring
-
-
-def score_math_table(df: Any, use_math_verify: bool = False) -> Any:
-    """Add ``extracted, correct_formatted, correct_numeric`` (+ ``correct_math_verify``) to a table with
-    ``generation, reference``."""
-    import polars as pl
-
-    gens, refs = df["generation"].to_list(), [str(r) for r in df["reference"].to_list()]
-    scores = [score_math(g, r) for g, r in zip(gens, refs, strict=True)]
-    df = df.with_columns(
-        pl.Series("extracted", [math_answer(g) for g in gens], dtype=pl.String),
-        pl.Series("correct_formatted", [s[0] for s in scores], dtype=pl.Boolean),
-        pl.Series("correct_numeric", [s[1] for s in scores], dtype=pl.Boolean),
-    )
-    if use_math_verify:
-        verified = [math_verify_match(g, r) for g, r in zip(gens, refs, strict=True)]
-        df = df.with_columns(pl.Series(MATH_VERIFY_HEADLINE_COLUMN, verified, dtype=pl.Boolean))
-    return df
-
-
-def code_programs_for(df: Any, style: str) -> list[str]:
-    """Programs for a code table with ``generation`` and the HumanEval fields (``code_prompt`` is used
-    instead of ``prompt`` when present: chat prompts can wrap the function prompt in a message)."""
-    prompt_col = "code_prompt" if "code_prompt" in df.columns else "prompt"
-    return [
-        code_program(p, g, t, e, style)
-        for p, g, t, e in zip(
-            df[prompt_col].to_list(), df["generation"].to_list(), df["test"].to_list(),
-            df["entry_point"].to_list(), strict=True,
-        )
-    ]
 
 
 def retention_columns(
@@ -510,41 +214,11 @@ def retention_columns(
     return cols
 
 
+
 def task_metric_rows(kind: str, df: Any, n_samples: int = 1) -> list[tuple[str, float, int, float, float]]:
     """(metric, value, n, ci_low, ci_high) rows of one scored task table (see the metrics contract)."""
-    rows: list[tuple[str, float, int, float, float]] = []
-    if kind == "math":
-        formatted, numeric = df["correct_formatted"].to_list(), df["correct_numeric"].to_list()
-        verified = df[MATH_VERIFY_HEADLINE_COLUMN].to_list() if MATH_VERIFY_HEADLINE_COLUMN in df.columns else None
-        rows.append(proportion_row(HEADLINE_METRIC, verified if verified is not None else numeric))
-        rows.append(proportion_row(FORMATTED_ANSWER_MATCH, formatted))
-        rows.append(proportion_row(FINAL_ANSWER_NUMERIC_MATCH, numeric))
-        if verified is not None:
-            rows.append(proportion_row(FINAL_ANSWER_MATH_VERIFY, verified))
-    elif kind == "code":
-        if n_samples == 1:
-            rows.append(proportion_row(HEADLINE_METRIC, df["correct"].to_list()))
-            rows.append(proportion_row("pass@1", df["correct"].to_list()))
-        else:
-            import polars as pl
-
-            per_task = df.group_by("id", maintain_order=True).agg(n=pl.len(), c=pl.col("correct").sum())
-            ns, cs = per_task["n"].to_list(), per_task["c"].to_list()
-            for k in sorted({1, 10, 100} | {n_samples}):
-                if k > n_samples:
-                    continue
-                values = [pass_at_k(int(n), int(c), k) for n, c in zip(ns, cs, strict=True)]
-                if k == 1:
-                    rows.append(mean_row(HEADLINE_METRIC, values))
-                rows.append(mean_row(f"pass@{k}", values))
-    else:
-        rows.append(mean_row("retention_token_f1", df["token_f1"].to_list()))
-        rows.append(mean_row("retention_chrf", df["chrf"].to_list()))
-        if "embedding_cosine" in df.columns:
-            rows.append(mean_row("retention_embedding", df["embedding_cosine"].to_list()))
-        if kind == "qna":
-            rows.append(proportion_row("qna_exact_match", df["em_ref"].to_list()))
-            rows.append(mean_row("qna_f1", df["f1_ref"].to_list()))
+    make_row = {"proportion": proportion_row, "mean": mean_row}
+    rows = [make_row[how](metric, values) for metric, how, values in TASK_KINDS[kind].metric_values(df, n_samples)]
     rows.append(proportion_row("trap_rate", df["hit_limit"].to_list()))
     rows.append(mean_row("mean_new_tokens", [float(x) for x in df["n_tokens"].to_list()]))
     return rows
@@ -554,12 +228,6 @@ def task_metric_rows(kind: str, df: Any, n_samples: int = 1) -> list[tuple[str, 
 
 #: Sampling temperature for code pass@k when ``evaluation.n_samples > 1`` (greedy when it is 1).
 SAMPLING_TEMPERATURE = 0.8
-_KIND_COLUMNS = {
-    "math": ("reference",),
-    "code": ("test", "entry_point"),
-    "conversation": (),
-    "qna": ("reference",),
-}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -570,7 +238,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model directory (or hub id for a pretrained base model)")
     parser.add_argument(
         "--task", dest="tasks", action="append", required=True, metavar="NAME=KIND:PATH",
-        help="a task to evaluate, its kind (math, code, conversation, qna) and its eval split, e.g. "
+        help=f"a task to evaluate, its kind ({', '.join(TASK_KINDS)}) and its eval split, e.g. "
         "math=math:results/data/math/eval.parquet (repeat for each task; conversation and qna tasks are "
         "scored against the base model's answers)",
     )
@@ -591,9 +259,9 @@ def parse_task_args(values: Sequence[str]) -> dict[str, tuple[str, Path]]:
     for value in values:
         name, _, rest = value.partition("=")
         kind, _, path = rest.partition(":")
-        if not name or not path or kind not in _KIND_COLUMNS:
+        if not name or not path or kind not in TASK_KINDS:
             raise ConfigError(
-                f"--task {value!r}: expected NAME=KIND:PATH with KIND one of {', '.join(_KIND_COLUMNS)}"
+                f"--task {value!r}: expected NAME=KIND:PATH with KIND one of {', '.join(TASK_KINDS)}"
             )
         if name in tasks:
             raise ConfigError(f"--task: task '{name}' is given twice")
@@ -613,7 +281,7 @@ def _max_new_tokens(evaluation: Any, task: str, kind: str) -> int:
 def _read_task(path: Path, task: str, kind: str, limit: int | None) -> Any:
     from taskprune.io import read_parquet
 
-    required = ("id", "prompt", *_KIND_COLUMNS[kind])
+    required = ("id", "prompt", *TASK_KINDS[kind].eval_columns)
     df = read_parquet(path, required, what=f"eval split of task '{task}'")
     if df.height == 0:
         raise DataError(f"{path}: eval split of task '{task}' has no rows")
@@ -667,8 +335,8 @@ def run(args: argparse.Namespace) -> int:
     from taskprune.io import write_parquet
     from taskprune.metrics import metrics_frame
     from taskprune.modeling import load_model, load_tokenizer
-    from taskprune.sandbox import protection as sandbox_protection
-    from taskprune.sandbox import run_programs
+    from taskprune.tasks.sandbox import protection as sandbox_protection
+    from taskprune.tasks.sandbox import run_programs
 
     variant = variant_from_arg(args.variant)
     opts = stage_options(args, {"evaluation": EvaluationConfig, "device": "auto", "chat_template": False})
@@ -683,10 +351,11 @@ def run(args: argparse.Namespace) -> int:
         "instruct" if opts.chat_template else "base"
     )
     progress = not args.no_progress
+    score_options = ScoreOptions(math_verify=math_verify_match if evaluation.math_verify else None)
 
     # Read every input before the (slow) model load, so a missing file fails at once.
     tables = {name: _read_task(path, name, kind, args.limit) for name, (kind, path) in tasks.items()}
-    distractors = [name for name, (kind, _) in tasks.items() if kind in ("conversation", "qna")]
+    distractors = [name for name, (kind, _) in tasks.items() if TASK_KINDS[kind].retention]
     base_answers = {} if is_base else {
         name: _read_base(reference_dir, name, tables[name]["id"].to_list()) for name in distractors
     }
@@ -696,9 +365,9 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     model = load_model(args.model_path, opts.device)
     tokenizer = load_tokenizer(args.model_path)
-    kinds = {kind for kind, _ in tasks.values()}
+    runs_programs = any(TASK_KINDS[kind].programs is not None for kind, _ in tasks.values())
     logger.info("evaluating %s (%s) on %s; code sandbox: %s", variant.path, args.model_path, ", ".join(tasks),
-                sandbox_protection() if "code" in kinds else "unused")
+                sandbox_protection() if runs_programs else "unused")
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -710,7 +379,8 @@ def run(args: argparse.Namespace) -> int:
         pending = []
         for task, (kind, _) in tasks.items():
             df = tables[task]
-            n_samples = evaluation.n_samples if kind == "code" else 1
+            spec = TASK_KINDS[kind]
+            n_samples = evaluation.n_samples if spec.sampled else 1
             if n_samples > 1:
                 copies = [df.with_row_index("_row").with_columns(sample=pl.lit(s, dtype=pl.Int64)) for s in range(n_samples)]
                 df = pl.concat(copies).sort(["_row", "sample"]).drop("_row")
@@ -725,29 +395,23 @@ def run(args: argparse.Namespace) -> int:
                 pl.Series("n_tokens", [g.n_tokens for g in gens], dtype=pl.Int64),
                 pl.Series("hit_limit", [g.hit_limit for g in gens], dtype=pl.Boolean),
             )
-            if kind == "math":
-                df = score_math_table(df, use_math_verify=evaluation.math_verify)
-            elif kind == "code":
+            if spec.programs is not None:
                 sandbox = evaluation.sandbox
                 future = background.submit(
-                    run_programs, code_programs_for(df, code_style), timeout_s=sandbox.timeout_s,
+                    run_programs, spec.programs(df, code_style), timeout_s=sandbox.timeout_s,
                     memory_mb=sandbox.memory_mb, workers=sandbox.workers, progress=progress,
                 )
                 pending.append((task, kind, df, future, n_samples))
                 continue
-            else:
+            if spec.retention:
                 texts = df["generation"].to_list()
                 base = texts if is_base else [base_answers[task][i] for i in df["id"].to_list()]
                 for name, values in retention_columns(texts, base, embedder).items():
                     df = df.with_columns(pl.Series(name, values, dtype=pl.Float64))
                 if is_base and embed:  # the base model's answers are their own reference
                     df = df.with_columns(pl.lit(1.0, dtype=pl.Float64).alias("embedding_cosine"))
-                if kind == "qna":
-                    refs = [str(r) for r in df["reference"].to_list()]
-                    df = df.with_columns(
-                        pl.Series("em_ref", [exact_match(g, r) for g, r in zip(texts, refs, strict=True)], dtype=pl.Boolean),
-                        pl.Series("f1_ref", [token_f1(g, r) for g, r in zip(texts, refs, strict=True)], dtype=pl.Float64),
-                    )
+            if spec.score is not None:
+                df = spec.score(df, score_options)
             _finish_task(out_dir, task, kind, df, meta, variant, metric_rows, 1)
         for task, kind, df, future, n_samples in pending:
             results = future.result()
@@ -779,6 +443,6 @@ def _finish_task(
     for metric, value, n, low, high in task_metric_rows(kind, df, n_samples):
         metric_rows.append({**ident, "task": task, "task_kind": kind, "metric": metric, "value": value,
                             "n": n, "ci_low": low, "ci_high": high})
-    headline = HEADLINE_METRIC if kind in ("math", "code") else RETENTION_HEADLINE_METRIC
+    headline = TASK_KINDS[kind].headline_metric
     value = next((r["value"] for r in metric_rows[::-1] if r["task"] == task and r["metric"] == headline), math.nan)
     logger.info("%s %s: %s = %.3f (n = %d)", variant.path, task, headline, value, df.height)

@@ -214,8 +214,8 @@ def run(args: argparse.Namespace) -> int:
     from taskprune.config import HarnessConfig, stage_options
     from taskprune.evaluate import variant_columns, variant_from_arg
     from taskprune.io import write_parquet
-    from taskprune.metric_names import HARNESS_TASK_PREFIX
     from taskprune.metrics import metrics_frame
+    from taskprune.tasks.metric_names import HARNESS_TASK_PREFIX
 
     variant = variant_from_arg(args.variant)
     opts = stage_options(args, {"harness": HarnessConfig, "device": "auto", "chat_template": False})

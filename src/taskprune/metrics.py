@@ -140,18 +140,14 @@ def item_scores(kind: str, role: str, df: Any) -> tuple[str, Any]:
     """
     import polars as pl
 
-    from taskprune import metric_names as names
+    from taskprune.tasks import TASK_KINDS
+    from taskprune.tasks import metric_names as names
 
-    math_headline = (
-        (names.MATH_VERIFY_HEADLINE_METRIC, names.MATH_VERIFY_HEADLINE_COLUMN)
-        if names.MATH_VERIFY_HEADLINE_COLUMN in df.columns
-        else (names.MATH_HEADLINE_METRIC, names.MATH_HEADLINE_COLUMN)
-    )
-    columns = {
-        "math": math_headline,
-        "code": (names.CODE_HEADLINE_METRIC, names.CODE_HEADLINE_COLUMN),
-    }.get(kind, (names.RETENTION_HEADLINE_METRIC, names.RETENTION_HEADLINE_COLUMN))
-    metric, column = columns
+    spec = TASK_KINDS.get(kind)
+    if spec is not None:
+        metric, column = spec.item_metric(df.columns)
+    else:
+        metric, column = names.RETENTION_HEADLINE_METRIC, names.RETENTION_HEADLINE_COLUMN
     if column not in df.columns:
         raise DataError(f"per-item table of a {kind} task ({role}) has no column '{column}'")
     per_item = df.group_by("id", maintain_order=True).agg(

@@ -20,7 +20,7 @@ tokenizer (``training.init``) on its specialist mix; ``init: null`` trains a spe
 
 After training, the validation check generates greedily on the validation split (of the target task, or
 of every task of a generalist's mix) with the evaluation stage's own code (``taskprune.generate``,
-``taskprune.evaluate``, ``taskprune.sandbox``) and writes ``training.json`` (``validation_accuracy,
+``taskprune.evaluate``, ``taskprune.tasks.sandbox``) and writes ``training.json`` (``validation_accuracy,
 n_validation, validation_by_task, train_seconds, params`` and more), ``loss.parquet`` and ``loss.png``
 beside the checkpoint. The eval split is never read by training: it is evaluation's alone.
 """
@@ -282,29 +282,29 @@ def validation_check(model: Any, tokenizer: Any, kind: str, eval_df: Any, evalua
     match of the reference), ``n_validation``, ``validation_hit_limit`` (share of generations that hit the
     limit). The eval split is never read here: step counts and learning rates are chosen on this number.
     """
-    from taskprune import evaluate
     from taskprune.generate import generate
+    from taskprune.tasks import TASK_KINDS
 
+    spec = TASK_KINDS[kind]
     prompts = list(eval_df["prompt"])
     gens = generate(
         model, tokenizer, prompts, evaluation.max_new_tokens.get(kind, 128),
-        stop_strings=evaluate.stop_strings_for(kind, "base"), batch_size=evaluation.batch_size,
+        stop_strings=spec.stop_strings_for("base"), batch_size=evaluation.batch_size,
         token_budget=evaluation.token_budget, progress=progress,
     )  # fmt: skip
-    if kind == "math":
-        correct = [evaluate.score_math(g.text, ref)[1] for g, ref in zip(gens, eval_df["reference"], strict=True)]
-    elif kind == "code":
-        from taskprune.sandbox import run_programs
+    if spec.programs is not None:
+        import polars as pl
 
-        programs = [
-            evaluate.code_program(p, g.text, t, e, style="base")
-            for p, g, t, e in zip(prompts, gens, eval_df["test"], eval_df["entry_point"], strict=True)
-        ]
+        from taskprune.tasks.sandbox import run_programs
+
+        scored = eval_df.with_columns(pl.Series("generation", [g.text for g in gens], dtype=pl.String))
+        programs = spec.programs(scored, "base")
         sb = evaluation.sandbox
         results = run_programs(programs, timeout_s=sb.timeout_s, memory_mb=sb.memory_mb, workers=sb.workers)
         correct = [r.passed for r in results]
     else:
-        correct = [g.text.strip() == str(ref).strip() for g, ref in zip(gens, eval_df["reference"], strict=True)]
+        assert spec.correct is not None, f"task kind {kind!r} has neither programs nor a correct() check"
+        correct = spec.correct([g.text for g in gens], list(eval_df["reference"]))
     n = len(correct)
     return {
         "validation_accuracy": sum(correct) / n,
@@ -330,7 +330,7 @@ class TrainedSpecialist:
 
 
 def _read_train_split(data_dir: Path, task: str) -> Any:
-    from taskprune.data import read_split
+    from taskprune.tasks.splits import read_split
 
     return read_split(data_dir / task / "train.parquet")
 
@@ -395,9 +395,10 @@ def train_model(
     import polars as pl
     import torch
 
-    from taskprune.data import read_split
     from taskprune.io import atomic_dir, write_json, write_parquet
     from taskprune.modeling import resolve_device
+    from taskprune.tasks import TASK_KINDS
+    from taskprune.tasks.splits import read_split
 
     data_dir = Path(data_dir)
     if tcfg.threads:
@@ -416,10 +417,9 @@ def train_model(
         kind = _task_kind(task, tasks, data_dir)
         path = data_dir / task / "validation.parquet"
         df = read_split(path)
-        if kind == "code":
-            missing = [c for c in ("test", "entry_point") if c not in df.columns]
-            if missing:
-                raise DataError(f"{path}: code validation split lacks {', '.join(missing)}")
+        missing = [c for c in TASK_KINDS[kind].eval_columns if c not in df.columns]
+        if missing:
+            raise DataError(f"{path}: {kind} validation split lacks {', '.join(missing)}")
         validation[task] = (kind, df)
 
     t0 = time.perf_counter()

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from taskprune.metric_names import HEADLINE_METRIC
 from taskprune.report.style import (
     DPI,
     IDEAL_STYLE,
@@ -49,6 +48,7 @@ from taskprune.report.style import (
     subplots,
     throughput_panel,
 )
+from taskprune.tasks.metric_names import HEADLINE_METRIC
 
 if TYPE_CHECKING:  # heavy imports stay out of module import: the Snakefile imports FIGURES at parse time
     import pandas as pd
@@ -624,7 +624,7 @@ def fig_harness(res: Results) -> Figure:
     """lm-evaluation-harness metrics (tasks ``harness:*``, lm-eval's own metric names) vs pruning level."""
     import polars as pl
 
-    from taskprune.metric_names import HARNESS_TASK_PREFIX
+    from taskprune.tasks.metric_names import HARNESS_TASK_PREFIX
 
     def metric_for(model: str) -> list[tuple[str, str, str]]:
         rows = res.metrics.filter((pl.col("model") == model) & pl.col("task").str.starts_with(HARNESS_TASK_PREFIX))

@@ -18,9 +18,9 @@ import polars as pl
 
 from taskprune.errors import DataError
 from taskprune.io import read_json, read_parquet
-from taskprune.metric_names import HEADLINE_METRIC
 from taskprune.report.estimates import RULES, Side
 from taskprune.report.style import method_order
+from taskprune.tasks.metric_names import HEADLINE_METRIC
 
 # ---------------------------------------------------------------------------------- the tables
 
@@ -130,7 +130,7 @@ METRIC_COLUMNS = (
     "model", "method", "direction", "score", "level", "level_pct", "seed", "stage",
     "task", "task_kind", "metric", "value", "n", "ci_low", "ci_high",
 )  # fmt: skip
-TARGET_METRIC = HEADLINE_METRIC  # the target task's headline metric (taskprune.metric_names)
+TARGET_METRIC = HEADLINE_METRIC  # the target task's headline metric (taskprune.tasks.metric_names)
 
 
 def load_metrics(path: str | Path) -> pl.DataFrame:

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from taskprune.io import atomic_path, write_text
-from taskprune.metric_names import HEADLINE_METRIC
 from taskprune.report.estimates import estimate
 from taskprune.report.render import render_html
 from taskprune.report.style import RETENTION_METRICS, method_label, method_order
+from taskprune.tasks.metric_names import HEADLINE_METRIC
 
 if TYPE_CHECKING:
     import pandas as pd
