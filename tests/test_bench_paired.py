@@ -12,9 +12,10 @@ import polars as pl
 import pytest
 import torch
 
-from taskprune import bench, bench_paired, flops
+from taskprune import bench, bench_paired
 from taskprune.config import BenchConfig, PruningConfig, validate_config
 from taskprune.errors import ConfigError, DataError
+from taskprune.model import flops
 
 NUMBERS = {
     "model_type": "qwen2", "hidden_size": 64, "intermediate_size": 320, "num_hidden_layers": 3,

@@ -67,7 +67,7 @@ def prune_cli(checkpoint: Path, output: Path, method: str = "selective", level: 
 
 
 def out_projections(model: torch.nn.Module, arch: str) -> list[torch.nn.Module]:
-    """The MLP output projection of each layer, found by name (independent of taskprune.arch)."""
+    """The MLP output projection of each layer, found by name (independent of taskprune.model.arch)."""
     name = {"gpt2": "c_proj", "gpt_neox": "dense_4h_to_h"}.get(arch, "down_proj")
     return [m for n, m in model.named_modules() if n.endswith(f"mlp.{name}")]
 
@@ -113,7 +113,7 @@ def stored_tensors(path: Path) -> dict[str, torch.Tensor]:
 def test_pruned_logits_equal_zeroed_original(tmp_path: Path, arch: str, allocation: str) -> None:
     from transformers import AutoModelForCausalLM
 
-    from taskprune.modeling import load_model
+    from taskprune.model.loading import load_model
 
     base, base_dir = save_base(tmp_path, arch)
     scores = write_scores(tmp_path / "selectivity.parquet", [D_FF] * LAYERS)
@@ -150,7 +150,7 @@ def test_pruned_logits_equal_zeroed_original(tmp_path: Path, arch: str, allocati
     assert record["parameters_before"] == base.num_parameters()
     assert record["parameters_after"] == closed_form
 
-    # taskprune.modeling.load_model handles both kinds of checkpoint
+    # taskprune.model.loading.load_model handles both kinds of checkpoint
     via_loader = load_model(out, device="cpu")
     with torch.no_grad():
         torch.testing.assert_close(via_loader(ids).logits, expected, atol=1e-5, rtol=0)

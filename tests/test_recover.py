@@ -220,7 +220,7 @@ def test_merged_logits_equal_adapter_logits(arch_name):
 
 
 def test_per_layer_widths_survive_training_merge_and_save(tmp_path):
-    from taskprune.arch import layer_widths
+    from taskprune.model.arch import layer_widths
 
     model = tiny_model("llama")
     widths = [48, 64]
@@ -255,7 +255,7 @@ def test_per_layer_widths_survive_training_merge_and_save(tmp_path):
         from taskprune.prune import load_pruned  # noqa: F401
     except ImportError:
         pytest.skip("taskprune.prune.load_pruned not available yet: round trip not checked")
-    from taskprune.modeling import load_model
+    from taskprune.model.loading import load_model
 
     reloaded = load_model(out, "cpu")
     torch.testing.assert_close(_logits(reloaded, ids), expected, atol=1e-5, rtol=1e-5)
@@ -486,7 +486,7 @@ def _cli(files: Path, train: str = "train.parquet", extra: tuple[str, ...] = ())
 
 
 def test_cli_writes_a_loadable_checkpoint(task_files):
-    from taskprune.modeling import load_model, load_tokenizer
+    from taskprune.model.loading import load_model, load_tokenizer
 
     assert _cli(task_files) == 0
     out = task_files / "recovered"

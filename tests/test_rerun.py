@@ -187,7 +187,7 @@ def test_unrelated_change_reruns_nothing(finished_run, path, text):
 # case also names rules that must NOT rerun (the model rules for all of them).
 MODULE_RERUNS = {
     # only `taskprune bench` imports flops; bench, bench_family and bench_gather run it; efficiency.parquet feeds both tables
-    "flops": {"bench", "bench_family", "bench_gather", "findings", "figures"},
+    "model/flops": {"bench", "bench_family", "bench_gather", "findings", "figures"},
     # findings is run by the findings rule and imported by the figures stage
     "findings": {"findings", "figures"},
     "figures": {"figures"},

@@ -96,7 +96,7 @@ def checkpoint_widths(path: str | os.PathLike[str], config: Any) -> list[int]:
     """
     from safetensors import safe_open
 
-    from taskprune.arch import get_adapter, mlp_width, num_layers
+    from taskprune.model.arch import get_adapter, mlp_width, num_layers
 
     adapter = get_adapter(config)
     layers = num_layers(config)
@@ -127,7 +127,7 @@ def checkpoint_widths(path: str | os.PathLike[str], config: Any) -> list[int]:
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     """A local checkpoint directory for ``path``: the directory itself, or for a hub id (the paper's base
     models) its snapshot in the Hugging Face cache (downloaded only if it is not cached yet)."""
-    from taskprune.modeling import check_checkpoint_dir
+    from taskprune.model.loading import check_checkpoint_dir
 
     local = check_checkpoint_dir(path)
     if local is not None:
@@ -147,10 +147,10 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
 
 
 def checkpoint_shape(path: str | os.PathLike[str]) -> Any:
-    """The :class:`~taskprune.flops.ModelShape` of a checkpoint directory, widths from its weights."""
+    """The :class:`~taskprune.model.flops.ModelShape` of a checkpoint directory, widths from its weights."""
     from transformers import AutoConfig
 
-    from taskprune.flops import shape_from_config
+    from taskprune.model.flops import shape_from_config
 
     local = resolve_checkpoint(path)
     config = AutoConfig.from_pretrained(str(local))
@@ -437,7 +437,7 @@ def _prompt_tokens(vocab_size: int, batch_size: int, prompt_tokens: int, device:
 
 
 def _load(spec: dict[str, Any]) -> tuple[Any, Any]:
-    from taskprune.modeling import load_model
+    from taskprune.model.loading import load_model
 
     model = load_model(spec["checkpoint"], spec["device"])
     return model, model.device
@@ -451,8 +451,8 @@ def _worker_memory(spec: dict[str, Any]) -> dict[str, Any]:
     import torch.nn.functional as F
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from taskprune.arch import layer_widths, mlp_modules
-    from taskprune.modeling import resolve_device
+    from taskprune.model.arch import layer_widths, mlp_modules
+    from taskprune.model.loading import resolve_device
 
     device, _ = resolve_device(spec["device"])
     config = AutoConfig.from_pretrained(spec["checkpoint"])
@@ -647,7 +647,7 @@ def _server_main() -> int:
     import transformers  # noqa: F401
     from transformers import AutoModelForCausalLM  # noqa: F401
 
-    import taskprune.modeling  # noqa: F401
+    import taskprune.model.loading  # noqa: F401
 
     for line in sys.stdin:
         spec_path, out_path, err_path = line.rstrip("\n").split("\t")
@@ -746,7 +746,7 @@ def measure_variant(
     """
     import polars as pl
 
-    from taskprune.flops import param_counts
+    from taskprune.model.flops import param_counts
 
     if label_checkpoints and len(label_checkpoints) != len(label_variants):
         raise DataError(
@@ -865,7 +865,7 @@ def compare_paired(
     """
     import polars as pl
 
-    from taskprune.flops import decode_flops_per_token, prefill_flops_per_token
+    from taskprune.model.flops import decode_flops_per_token, prefill_flops_per_token
 
     def phase_flops(path: str | os.PathLike[str]) -> float:
         shape = checkpoint_shape(path)
@@ -936,7 +936,7 @@ def profile_phase(
     warm-up. For diagnosis only; nothing here feeds the efficiency table."""
     import torch
 
-    from taskprune.modeling import load_model
+    from taskprune.model.loading import load_model
 
     if bench.threads:
         torch.set_num_threads(bench.threads)

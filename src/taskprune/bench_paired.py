@@ -243,9 +243,9 @@ def build_shapes_model(numbers: dict[str, Any], level: str | None, layers: int |
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-    from taskprune.arch import get_adapter, layer_widths, mlp_modules
-    from taskprune.checkpoint import _sync_shape_attributes
     from taskprune.config import PruningConfig
+    from taskprune.model.arch import get_adapter, layer_widths, mlp_modules
+    from taskprune.model.checkpoint import _sync_shape_attributes
     from taskprune.prune import _slice_tensor, parse_level, plan_pruning
 
     config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[numbers["model_type"]]
@@ -322,7 +322,7 @@ class StockRunner:
     def __init__(self, model: Any, batch_size: int, max_len: int) -> None:
         from transformers import StaticCache
 
-        from taskprune.arch import decoder_layers
+        from taskprune.model.arch import decoder_layers
 
         self.model = model
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
@@ -371,7 +371,7 @@ def trial_main(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from taskprune.bench import _prompt_tokens
-    from taskprune.modeling import load_model, resolve_device
+    from taskprune.model.loading import load_model, resolve_device
 
     torch.set_flush_denormal(True)
     load_before = os.getloadavg()[0]
@@ -383,7 +383,7 @@ def trial_main(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         model = build_shapes_model(source["shapes"], source["level"], source["measured_layers"])
     build_s = time.perf_counter() - t0
-    from taskprune.arch import layer_widths
+    from taskprune.model.arch import layer_widths
 
     widths = layer_widths(model)
     built_layers = len(widths)
@@ -510,7 +510,7 @@ def summarise(trials: Any, plan: FamilyPlan) -> Any:
     """Per (level, engine, batch, phase): paired speedup, CI, ideal ratios and the noise record."""
     import polars as pl
 
-    from taskprune.flops import (
+    from taskprune.model.flops import (
         decode_bytes_per_token,
         decode_flops_per_token,
         param_counts,
@@ -593,10 +593,10 @@ def summarise(trials: Any, plan: FamilyPlan) -> Any:
 
 
 def _family_shape(plan: FamilyPlan, which: str, width: int, layers: int) -> Any:
-    """The full-depth :class:`~taskprune.flops.ModelShape` of a family member (``width`` per layer)."""
+    """The full-depth :class:`~taskprune.model.flops.ModelShape` of a family member (``width`` per layer)."""
     from transformers import AutoConfig, LlamaConfig, Qwen2Config
 
-    from taskprune.flops import shape_from_config
+    from taskprune.model.flops import shape_from_config
 
     source = plan.base if which == "base" else plan.levels[which]
     if "checkpoint" in source:

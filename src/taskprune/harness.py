@@ -94,7 +94,7 @@ def build_lm(model_path: str, device: str, batch_size: int, max_length: int | No
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoConfig
 
-    from taskprune.modeling import check_checkpoint_dir, load_tokenizer, resolve_device
+    from taskprune.model.loading import check_checkpoint_dir, load_tokenizer, resolve_device
     from taskprune.prune import LAYER_WIDTHS_KEY, load_pruned
 
     local = check_checkpoint_dir(model_path)

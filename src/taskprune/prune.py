@@ -16,7 +16,7 @@ Which neurons go (per decoder layer ``l`` with width ``d_ff_l``, level ``p`` per
   ``(score, layer, neuron)`` (``random``: one seeded permutation); each layer keeps at least
   ``max(1, ceil(min_width_fraction * d_ff_l))`` neurons, so every MLP stays alive.
 
-How they go, per architecture (see :mod:`taskprune.arch`): rows of ``gate_proj``/``up_proj`` and columns of
+How they go, per architecture (see :mod:`taskprune.model.arch`): rows of ``gate_proj``/``up_proj`` and columns of
 ``down_proj`` (gated); rows ``j`` and ``d_ff + j`` of the fused ``gate_up_proj`` (Phi-3); columns of
 ``c_fc.weight`` ``[d_model, d_ff]``, entries of ``c_fc.bias`` and rows of ``c_proj.weight`` ``[d_ff, d_model]``
 (GPT-2 Conv1D); rows and bias entries of ``dense_h_to_4h`` and columns of ``dense_4h_to_h`` (GPT-NeoX).
@@ -42,18 +42,18 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from taskprune.arch import MLPAdapter
+from taskprune.errors import ConfigError, DataError, ModelError
+from taskprune.model.arch import MLPAdapter
 
-# The checkpoint reader and the loader of pruned checkpoints live in taskprune.checkpoint (model loading
+# The checkpoint reader and the loader of pruned checkpoints live in taskprune.model.checkpoint (model loading
 # needs them without the pruning logic); re-exported here, where callers have always found them.
-from taskprune.checkpoint import (  # noqa: F401
+from taskprune.model.checkpoint import (  # noqa: F401
     LAYER_WIDTHS_KEY,
     CheckpointLayout,
     _neuron_axis,
     load_pruned,
     read_layout,
 )
-from taskprune.errors import ConfigError, DataError, ModelError
 
 if TYPE_CHECKING:  # heavy imports stay out of `taskprune prune --help`
     import numpy as np
@@ -92,7 +92,7 @@ def removal_count(level: Fraction, width: int, multiple_of: int = 1) -> int:
 
 def resolve_checkpoint(checkpoint: str) -> Path:
     """A local checkpoint directory (shards checked), or a hub id resolved to its local snapshot."""
-    from taskprune.modeling import check_checkpoint_dir
+    from taskprune.model.loading import check_checkpoint_dir
 
     root = check_checkpoint_dir(checkpoint)
     if root is not None:

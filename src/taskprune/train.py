@@ -19,7 +19,7 @@ balanced mix of all tasks (config ``generalists``), and each specialist continue
 tokenizer (``training.init``) on its specialist mix; ``init: null`` trains a specialist from scratch.
 
 After training, the validation check generates greedily on the validation split (of the target task, or
-of every task of a generalist's mix) with the evaluation stage's own code (``taskprune.generate``,
+of every task of a generalist's mix) with the evaluation stage's own code (``taskprune.model.generate``,
 ``taskprune.evaluate``, ``taskprune.sandbox``) and writes ``training.json`` (``validation_accuracy,
 n_validation, validation_by_task, train_seconds, params`` and more), ``loss.parquet`` and ``loss.png``
 beside the checkpoint. The eval split is never read by training: it is evaluation's alone.
@@ -283,7 +283,7 @@ def validation_check(model: Any, tokenizer: Any, kind: str, eval_df: Any, evalua
     limit). The eval split is never read here: step counts and learning rates are chosen on this number.
     """
     from taskprune import evaluate
-    from taskprune.generate import generate
+    from taskprune.model.generate import generate
 
     prompts = list(eval_df["prompt"])
     gens = generate(
@@ -397,7 +397,7 @@ def train_model(
 
     from taskprune.data import read_split
     from taskprune.io import atomic_dir, write_json, write_parquet
-    from taskprune.modeling import resolve_device
+    from taskprune.model.loading import resolve_device
 
     data_dir = Path(data_dir)
     if tcfg.threads:

@@ -61,7 +61,7 @@ PRELOAD = (
     "peft",
     "taskprune.cli",
     "taskprune.config",
-    "taskprune.modeling",
+    "taskprune.model.loading",
 )
 
 

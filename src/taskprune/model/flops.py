@@ -35,8 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from taskprune.arch import get_adapter, mlp_width, num_layers
 from taskprune.errors import ModelError
+from taskprune.model.arch import get_adapter, mlp_width, num_layers
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ def load_model(path: str | os.PathLike[str], device: str = "auto", dtype: Any = 
     """Load a causal LM (stock, or pruned to per-layer widths) in eval mode on the resolved device."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from taskprune.arch import get_adapter
+    from taskprune.model.arch import get_adapter
 
     check_checkpoint_dir(path)
     torch_device, default_dtype = resolve_device(device)
@@ -82,7 +82,7 @@ def load_model(path: str | os.PathLike[str], device: str = "auto", dtype: Any = 
     get_adapter(config)  # an unsupported architecture fails here, in one line, before loading weights
     try:
         if getattr(config, "taskprune_layer_widths", None):
-            from taskprune.checkpoint import load_pruned  # per-layer widths need our loader
+            from taskprune.model.checkpoint import load_pruned  # per-layer widths need our loader
 
             model = load_pruned(path, dtype=dtype)
         else:

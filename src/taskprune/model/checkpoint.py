@@ -1,7 +1,7 @@
 """Reading safetensors checkpoints without a model, and loading pruned ones (uniform or per-layer widths).
 
 Why this module exists apart from :mod:`taskprune.prune`: every stage that loads a model may meet a pruned
-checkpoint (statistics, evaluation, recovery, benchmarks go through :func:`taskprune.modeling.load_model`),
+checkpoint (statistics, evaluation, recovery, benchmarks go through :func:`taskprune.model.loading.load_model`),
 but only the pruning stage needs the logic that decides and removes neurons. Keeping the reader and the
 loader here means editing the pruning logic reruns pruning and what follows, not the statistics (the rules'
 source hashes follow the import graph).
@@ -17,8 +17,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from taskprune.arch import MLPAdapter, get_adapter, num_layers
 from taskprune.errors import ModelError, TaskpruneError
+from taskprune.model.arch import MLPAdapter, get_adapter, num_layers
 
 LAYER_WIDTHS_KEY = "taskprune_layer_widths"  # config.json key for per-layer MLP widths (global allocation)
 
@@ -158,14 +158,14 @@ def load_pruned(path: str | Path, dtype: Any = None) -> Any:
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from taskprune.arch import layer_widths, mlp_modules
+    from taskprune.model.arch import layer_widths, mlp_modules
 
     config = AutoConfig.from_pretrained(str(path))
     widths = getattr(config, LAYER_WIDTHS_KEY, None)
     if not widths:
         return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or "auto").eval()
 
-    from taskprune.modeling import check_checkpoint_dir
+    from taskprune.model.loading import check_checkpoint_dir
 
     root = check_checkpoint_dir(path)
     if root is None:
