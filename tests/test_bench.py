@@ -16,6 +16,7 @@ from taskprune import bench
 from taskprune.errors import DataError, ModelError
 from taskprune.model import flops
 from taskprune.model.arch import get_adapter, mlp_modules
+from taskprune.model.checkpoint import bytes_on_disk, checkpoint_widths
 
 GATED_TIGHT = [a for a in ARCHITECTURES if a in bench.TIGHT_MODEL_TYPES]
 
@@ -246,8 +247,8 @@ def test_checkpoint_widths_read_from_headers(arch, tmp_path):
     widths = [37, 61]
     path = save(shrink_mlps(tiny_model(arch), widths), tmp_path / arch)
     config = tiny_config(arch)
-    assert bench.checkpoint_widths(path, config) == widths
-    assert bench.bytes_on_disk(path) == sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    assert checkpoint_widths(path, config) == widths
+    assert bytes_on_disk(path) == sum(f.stat().st_size for f in path.glob("*.safetensors"))
 
 
 TINY_BENCH = {
@@ -328,13 +329,13 @@ def test_bench_measure_writes_well_formed_rows(tmp_path, monkeypatch):
     rows = {r["variant"]: r for r in df.iter_rows(named=True)}
     measured = rows["m/selective/35/0"]
     assert (measured["params_total"], measured["params_mlp"]) == counted_params(tiny_model("llama", d_ff=52))
-    assert measured["bytes_on_disk"] == bench.bytes_on_disk(pruned)
+    assert measured["bytes_on_disk"] == bytes_on_disk(pruned)
     assert measured["mlp_widths"] == [52, 52] and measured["stage"] == "pruned" and measured["device"] == "cpu"
     random_row, recovered_row = rows["m/random/35/7"], rows["m/selective/35/0/recovered-lora"]
     assert random_row["measured_variant"] == recovered_row["measured_variant"] == "m/selective/35/0"
     assert (random_row["method"], random_row["seed"], random_row["level_pct"]) == ("random", 7, 35.0)
     assert recovered_row["stage"] == "recovered"
-    assert random_row["bytes_on_disk"] == bench.bytes_on_disk(twin)
+    assert random_row["bytes_on_disk"] == bytes_on_disk(twin)
 
 
 def test_label_checkpoint_with_other_shapes_is_refused(tmp_path):

@@ -111,6 +111,7 @@ def test_shapes_model_is_pruned_like_a_pipeline_checkpoint(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from taskprune import prune
+    from taskprune.model.checkpoint import read_layout
 
     base = bench_paired.build_shapes_model(NUMBERS, None, None)
     assert type(base).__name__ == "Qwen2ForCausalLM"
@@ -118,7 +119,7 @@ def test_shapes_model_is_pruned_like_a_pipeline_checkpoint(tmp_path):
     counts = flops.param_counts(flops.shape_from_config(base.config))
     assert counts.total == sum(p.numel() for p in base.parameters())
     base.save_pretrained(tmp_path / "base")
-    layout = prune.read_layout(tmp_path / "base")
+    layout = read_layout(tmp_path / "base")
     plan = prune.plan_pruning("random", Fraction("35.71"), layout.widths, PruningConfig(levels=[35.71]),
                               seed=bench_paired.SYNTHETIC_SEED)  # fmt: skip
     prune.write_pruned_checkpoint(layout, plan, tmp_path / "pruned", record={})

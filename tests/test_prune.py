@@ -23,8 +23,8 @@ from conftest import tiny_model
 from safetensors import safe_open
 
 from taskprune.cli import main
+from taskprune.model.checkpoint import load_pruned
 from taskprune.prune import (
-    load_pruned,
     removal_count,
     select_global,
     select_uniform,
@@ -238,7 +238,8 @@ def test_numpy_and_torch_backends_write_identical_tensors(tmp_path: Path, arch_n
     """fp32 checkpoints are pruned with numpy (no torch import); the torch path (bf16) must agree exactly."""
     from types import SimpleNamespace
 
-    from taskprune.prune import plan_pruning, read_layout, write_pruned_checkpoint
+    from taskprune.model.checkpoint import read_layout
+    from taskprune.prune import plan_pruning, write_pruned_checkpoint
 
     _, base_dir = save_base(tmp_path, arch_name)
     layout = read_layout(base_dir)

@@ -244,8 +244,8 @@ def build_shapes_model(numbers: dict[str, Any], level: str | None, layers: int |
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     from taskprune.config import PruningConfig
-    from taskprune.model.arch import get_adapter, layer_widths, mlp_modules
-    from taskprune.model.checkpoint import _sync_shape_attributes
+    from taskprune.model.arch import get_adapter, mlp_modules
+    from taskprune.model.checkpoint import _sync_shape_attributes, layer_widths
     from taskprune.prune import _slice_tensor, parse_level, plan_pruning
 
     config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[numbers["model_type"]]
@@ -383,7 +383,7 @@ def trial_main(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         model = build_shapes_model(source["shapes"], source["level"], source["measured_layers"])
     build_s = time.perf_counter() - t0
-    from taskprune.model.arch import layer_widths
+    from taskprune.model.checkpoint import layer_widths
 
     widths = layer_widths(model)
     built_layers = len(widths)
@@ -600,7 +600,7 @@ def _family_shape(plan: FamilyPlan, which: str, width: int, layers: int) -> Any:
 
     source = plan.base if which == "base" else plan.levels[which]
     if "checkpoint" in source:
-        from taskprune.bench import checkpoint_shape
+        from taskprune.model.flops import checkpoint_shape
 
         return checkpoint_shape(source["checkpoint"])
     n = source["shapes"]

@@ -27,7 +27,7 @@ startup matters over ~150 jobs; it never holds more than one shard in memory (7B
 tensor's dtype and every key's name (tied embeddings stay tied because the tied copy is simply not stored),
 and rewrites ``config.json``'s MLP width. Uniform results load with stock
 ``AutoModelForCausalLM.from_pretrained``; per-layer widths (global allocation) are stored in the config as
-``taskprune_layer_widths`` and loaded with :func:`load_pruned`.
+``taskprune_layer_widths`` and loaded with :func:`taskprune.model.checkpoint.load_pruned`.
 """
 
 from __future__ import annotations
@@ -42,17 +42,14 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from taskprune.errors import ConfigError, DataError, ModelError
+from taskprune.errors import ConfigError, DataError
 from taskprune.model.arch import MLPAdapter
-
-# The checkpoint reader and the loader of pruned checkpoints live in taskprune.model.checkpoint (model loading
-# needs them without the pruning logic); re-exported here, where callers have always found them.
-from taskprune.model.checkpoint import (  # noqa: F401
+from taskprune.model.checkpoint import (
     LAYER_WIDTHS_KEY,
     CheckpointLayout,
-    _neuron_axis,
-    load_pruned,
+    neuron_axis,
     read_layout,
+    resolve_checkpoint,
 )
 
 if TYPE_CHECKING:  # heavy imports stay out of `taskprune prune --help`
@@ -88,27 +85,6 @@ def removal_count(level: Fraction, width: int, multiple_of: int = 1) -> int:
     """``k = round(level/100 * width)`` (half up, exact), rounded to the nearest multiple of ``multiple_of``."""
     exact = Fraction(level) * width / 100
     return math.floor(exact / multiple_of + Fraction(1, 2)) * multiple_of
-
-
-def resolve_checkpoint(checkpoint: str) -> Path:
-    """A local checkpoint directory (shards checked), or a hub id resolved to its local snapshot."""
-    from taskprune.model.loading import check_checkpoint_dir
-
-    root = check_checkpoint_dir(checkpoint)
-    if root is not None:
-        return root
-    try:
-        from huggingface_hub import snapshot_download
-
-        local = snapshot_download(
-            checkpoint, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
-        )
-    except Exception as exc:  # huggingface_hub raises many types (offline, not found, auth)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"{checkpoint}: not a local checkpoint and not downloadable from the hub ({first})") from exc
-    resolved = check_checkpoint_dir(local)
-    assert resolved is not None
-    return resolved
 
 
 # ---------------------------------------------------------------------------------------- scores
@@ -308,7 +284,7 @@ def _slice_tensor(tensor: Any, adapter: MLPAdapter, proj: str, param: str, keep:
     """Keep neurons ``keep`` (sorted indices) of one stored MLP tensor (numpy array or torch tensor)."""
     import numpy as np
 
-    axis = _neuron_axis(adapter, proj, param)
+    axis = neuron_axis(adapter, proj, param)
     if axis is None:
         return tensor
     if adapter.kind == "gated_fused" and proj != adapter.out_proj:

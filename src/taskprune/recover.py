@@ -645,8 +645,8 @@ def recover(
     record. ``teacher_path`` (the unpruned base model: a directory or hub id) is needed by distillation
     recipes and ignored by the others."""
     from taskprune.io import read_json, read_parquet
-    from taskprune.model.arch import layer_widths
-    from taskprune.model.loading import check_checkpoint_dir, load_model, load_tokenizer, resolve_device
+    from taskprune.model.checkpoint import check_checkpoint_dir, layer_widths
+    from taskprune.model.loading import load_model, load_tokenizer, resolve_device
 
     t0 = time.perf_counter()
     chosen = get_recipe(recipe)

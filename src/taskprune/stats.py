@@ -353,10 +353,11 @@ class StatsCollector:
         import torch
 
         from taskprune.model import arch
+        from taskprune.model.checkpoint import layer_widths
 
         self.model = model
         self.modules = arch.out_proj_modules(model)
-        self.widths = arch.layer_widths(model)
+        self.widths = layer_widths(model)
         self.device = next(model.parameters()).device
         self.moments = [_LayerMoments(w, self.device) for w in self.widths]
         self.tokens = 0
@@ -566,7 +567,8 @@ def _chat_template_option(model_section: Any, source: str) -> bool:
 def load_model_and_tokenizer(path: Any, device: str = "auto") -> tuple[Any, Any]:
     """The model (checked and loaded by :mod:`taskprune.model.loading`) and its tokenizer; a tokenizer with
     neither pad nor EOS token is fine here (padding is masked, so any id serves)."""
-    from taskprune.model.loading import check_checkpoint_dir, load_model, load_tokenizer
+    from taskprune.model.checkpoint import check_checkpoint_dir
+    from taskprune.model.loading import load_model, load_tokenizer
 
     check_checkpoint_dir(path)  # one-line ModelError for a missing/incomplete checkpoint
     try:

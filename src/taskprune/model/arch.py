@@ -110,18 +110,6 @@ def mlp_width(config: Any) -> int:
     return int(width)
 
 
-def layer_widths(model: Any) -> list[int]:
-    """Actual d_ff of every layer, read from the weights (differs per layer after global pruning)."""
-    adapter = get_adapter(model)
-    widths = []
-    for mlp in mlp_modules(model):
-        out = getattr(mlp, adapter.out_proj)
-        weight = out.weight
-        # Conv1D stores [in, out]; Linear stores [out, in]; the neurons are the out-proj *inputs*.
-        widths.append(int(weight.shape[0] if adapter.kind == "conv1d" else weight.shape[1]))
-    return widths
-
-
 def num_layers(config: Any) -> int:
     for key in ("num_hidden_layers", "n_layer"):
         if getattr(config, key, None) is not None:

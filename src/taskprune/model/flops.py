@@ -31,12 +31,14 @@ base/variant ratio is the ideal speedup of a bandwidth-bound phase.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from taskprune.errors import ModelError
 from taskprune.model.arch import get_adapter, mlp_width, num_layers
+from taskprune.model.checkpoint import checkpoint_widths, resolve_checkpoint
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,15 @@ def _attention_windows(config: Any, layers: int) -> tuple[int | None, ...]:
     if config.model_type == "mistral" and window:
         return (int(window),) * layers
     return (None,) * layers
+
+
+def checkpoint_shape(path: str | os.PathLike[str]) -> ModelShape:
+    """The :class:`ModelShape` of a checkpoint directory (or hub id), widths from its weights' headers."""
+    from transformers import AutoConfig
+
+    local = resolve_checkpoint(path, "bench")
+    config = AutoConfig.from_pretrained(str(local))
+    return shape_from_config(config, checkpoint_widths(local, config))
 
 
 # ------------------------------------------------------------------------------------ parameters
