@@ -241,14 +241,14 @@ def build_shapes_model(numbers: dict[str, Any], level: str | None, layers: int |
     weights, pruned at ``level`` by the pipeline's uniform rule and slicing code (random neurons, seed 0)."""
     import numpy as np
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    from transformers import AutoModelForCausalLM
 
     from taskprune.config import PruningConfig
-    from taskprune.model.arch import get_adapter, mlp_modules
+    from taskprune.model.arch import get_adapter, mlp_modules, shape_family_config_class
     from taskprune.model.checkpoint import _sync_shape_attributes, layer_widths
     from taskprune.prune import _slice_tensor, parse_level, plan_pruning
 
-    config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[numbers["model_type"]]
+    config_class = shape_family_config_class(numbers["model_type"])
     depth = int(layers or numbers["num_hidden_layers"])
     config = config_class(
         hidden_size=numbers["hidden_size"], intermediate_size=numbers["intermediate_size"],
@@ -594,8 +594,9 @@ def summarise(trials: Any, plan: FamilyPlan) -> Any:
 
 def _family_shape(plan: FamilyPlan, which: str, width: int, layers: int) -> Any:
     """The full-depth :class:`~taskprune.model.flops.ModelShape` of a family member (``width`` per layer)."""
-    from transformers import AutoConfig, LlamaConfig, Qwen2Config
+    from transformers import AutoConfig
 
+    from taskprune.model.arch import shape_family_config_class
     from taskprune.model.flops import shape_from_config
 
     source = plan.base if which == "base" else plan.levels[which]
@@ -604,7 +605,7 @@ def _family_shape(plan: FamilyPlan, which: str, width: int, layers: int) -> Any:
 
         return checkpoint_shape(source["checkpoint"])
     n = source["shapes"]
-    config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[n["model_type"]]
+    config_class = shape_family_config_class(n["model_type"])
     config = config_class(
         hidden_size=n["hidden_size"], intermediate_size=width, num_hidden_layers=layers,
         num_attention_heads=n["num_attention_heads"], num_key_value_heads=n["num_key_value_heads"],

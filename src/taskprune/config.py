@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from taskprune.errors import ConfigError
+from taskprune.model.arch import SHAPE_FAMILY_TYPES
 
 TaskKind = Literal["math", "code", "conversation", "qna"]
 ScoreMethod = Literal["selectivity", "taker", "wanda", "magnitude", "random"]
@@ -441,7 +442,7 @@ class ShapeFamilyConfig(_Strict):
     at the levels by the pipeline's uniform rule (``taskprune.bench_paired``). Unset settings fall back to
     the ``bench`` section's."""
 
-    model_type: Literal["llama", "qwen2"] = "llama"
+    model_type: Literal[SHAPE_FAMILY_TYPES] = "llama"  # type: ignore[valid-type] - from the ARCHITECTURES registry
     hidden_size: int = Field(ge=8)
     intermediate_size: int = Field(ge=8)
     num_hidden_layers: int = Field(ge=1)

@@ -287,8 +287,9 @@ def _slice_tensor(tensor: Any, adapter: MLPAdapter, proj: str, param: str, keep:
     axis = neuron_axis(adapter, proj, param)
     if axis is None:
         return tensor
-    if adapter.kind == "gated_fused" and proj != adapter.out_proj:
-        keep = np.concatenate([keep, keep + width])  # gate rows [0, d_ff), up rows [d_ff, 2 d_ff)
+    fused = adapter.mlp_kind.fused_rows
+    if fused > 1 and proj != adapter.out_proj:  # Phi-3's gate_up_proj: gate rows [0, d_ff), up rows [d_ff, 2 d_ff)
+        keep = np.concatenate([keep + r * width for r in range(fused)])
     if isinstance(tensor, np.ndarray):
         return np.ascontiguousarray(np.take(tensor, keep, axis=axis))
     import torch

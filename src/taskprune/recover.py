@@ -566,9 +566,10 @@ def checkpoint_dtype(path: str | os.PathLike[str]) -> Any:
 
 def _width_keys(source_config: dict[str, Any]) -> dict[str, Any]:
     """The keys of a pruned config.json that describe its MLP widths and provenance (kept verbatim)."""
-    from taskprune.model.arch import ADAPTERS
+    from taskprune.model.arch import ARCHITECTURES
 
-    adapter = ADAPTERS.get(source_config.get("model_type", ""))
+    architecture = ARCHITECTURES.get(source_config.get("model_type", ""))
+    adapter = architecture.mlp if architecture is not None else None
     keys = {k: v for k, v in source_config.items() if k.startswith("taskprune_")}
     if adapter is not None and adapter.width_key in source_config:
         keys[adapter.width_key] = source_config[adapter.width_key]

@@ -151,10 +151,7 @@ def neuron_axis(adapter: MLPAdapter, proj: str, param: str) -> int | None:
     Linear weights are ``[out, in]``, GPT-2 Conv1D weights ``[in, out]``; neurons are the outputs of the input
     projections and the inputs of the output projection.
     """
-    conv1d = adapter.kind == "conv1d"
-    if proj == adapter.out_proj:
-        return None if param == "bias" else (0 if conv1d else 1)
-    return 0 if param == "bias" else (1 if conv1d else 0)
+    return adapter.mlp_kind.neuron_axis(proj == adapter.out_proj, param)
 
 
 def read_layout(root: Path) -> CheckpointLayout:
@@ -208,7 +205,7 @@ def read_layout(root: Path) -> CheckpointLayout:
                 raise ModelError(f"{root}: no weight for layer {layer}'s {adapter.mlp_attr}.{proj}")
         out_shape = shapes[found[(adapter.out_proj, "weight")]]
         width = out_shape[neuron_axis(adapter, adapter.out_proj, "weight")]  # type: ignore[index]
-        fused = 2 if adapter.kind == "gated_fused" else 1
+        fused = adapter.mlp_kind.fused_rows
         for (proj, param), key in found.items():
             axis = neuron_axis(adapter, proj, param)
             expected = width if proj == adapter.out_proj else fused * width
@@ -239,7 +236,7 @@ def layer_widths(model: Any) -> list[int]:
         out = getattr(mlp, adapter.out_proj)
         weight = out.weight
         # Conv1D stores [in, out]; Linear stores [out, in]; the neurons are the out-proj *inputs*.
-        widths.append(int(weight.shape[0] if adapter.kind == "conv1d" else weight.shape[1]))
+        widths.append(int(weight.shape[0] if adapter.mlp_kind.transposed else weight.shape[1]))
     return widths
 
 
