@@ -244,8 +244,9 @@ def build_shapes_model(numbers: dict[str, Any], level: str | None, layers: int |
     from transformers import AutoModelForCausalLM
 
     from taskprune.config import PruningConfig
-    from taskprune.model.arch import get_adapter, mlp_modules, shape_family_config_class
+    from taskprune.model.arch import get_adapter, mlp_modules
     from taskprune.model.checkpoint import _sync_shape_attributes, layer_widths
+    from taskprune.model.loading import shape_family_config_class
     from taskprune.prune import _slice_tensor, parse_level, plan_pruning
 
     config_class = shape_family_config_class(numbers["model_type"])
@@ -596,8 +597,8 @@ def _family_shape(plan: FamilyPlan, which: str, width: int, layers: int) -> Any:
     """The full-depth :class:`~taskprune.model.flops.ModelShape` of a family member (``width`` per layer)."""
     from transformers import AutoConfig
 
-    from taskprune.model.arch import shape_family_config_class
     from taskprune.model.flops import shape_from_config
+    from taskprune.model.loading import shape_family_config_class
 
     source = plan.base if which == "base" else plan.levels[which]
     if "checkpoint" in source:

@@ -186,17 +186,6 @@ ARCHITECTURES: dict[str, Architecture] = {
 SHAPE_FAMILY_TYPES: tuple[str, ...] = tuple(t for t, a in ARCHITECTURES.items() if a.numbers_config)
 
 
-def shape_family_config_class(model_type: str) -> Any:
-    """The transformers config class a bench shape family of ``model_type`` is built with (KeyError for a
-    type not in ``SHAPE_FAMILY_TYPES``)."""
-    import transformers
-
-    name = ARCHITECTURES[model_type].numbers_config
-    if name is None:
-        raise KeyError(model_type)
-    return getattr(transformers, name)
-
-
 def supported_types() -> str:
     return ", ".join(sorted(ARCHITECTURES))
 

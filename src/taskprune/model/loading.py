@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from taskprune.errors import ModelError
+from taskprune.model.arch import ARCHITECTURES, get_adapter
 from taskprune.model.checkpoint import LAYER_WIDTHS_KEY, check_checkpoint_dir, load_pruned
 
 
@@ -47,8 +48,6 @@ def load_model(path: str | os.PathLike[str], device: str = "auto", dtype: Any = 
     """Load a causal LM (stock, or pruned to per-layer widths) in eval mode on the resolved device."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from taskprune.model.arch import get_adapter
-
     check_checkpoint_dir(path)
     torch_device, default_dtype = resolve_device(device)
     dtype = dtype or default_dtype
@@ -70,6 +69,17 @@ def load_model(path: str | os.PathLike[str], device: str = "auto", dtype: Any = 
             f"{path}: cannot load the weights from {files} ({type(exc).__name__}: {_first_line(exc)})"
         ) from exc
     return model.to(torch_device).eval()
+
+
+def shape_family_config_class(model_type: str) -> Any:
+    """The transformers config class a bench shape family of ``model_type`` is built with (``KeyError`` for a
+    type not in :data:`~taskprune.model.arch.SHAPE_FAMILY_TYPES`)."""
+    import transformers
+
+    name = ARCHITECTURES[model_type].numbers_config
+    if name is None:
+        raise KeyError(model_type)
+    return getattr(transformers, name)
 
 
 def _first_line(exc: BaseException) -> str:
