@@ -12,9 +12,10 @@ import torch
 from conftest import ARCHITECTURES, tiny_config, tiny_model
 from torch.utils.flop_counter import FlopCounterMode
 
-from taskprune import flops, grid
-from taskprune.arch import get_adapter, mlp_modules
+from taskprune import grid
 from taskprune.errors import DataError, ModelError
+from taskprune.model import flops
+from taskprune.model.arch import get_adapter, mlp_modules
 from taskprune.perf import engines as perf_engines
 from taskprune.perf import measure as pmeasure
 
@@ -165,7 +166,7 @@ def test_bytes_match_weight_and_cache_tensors(arch):
 
 
 def bench_layers(model):
-    from taskprune.arch import decoder_layers
+    from taskprune.model.arch import decoder_layers
 
     return decoder_layers(model)
 

@@ -11,10 +11,11 @@ import polars as pl
 import pytest
 import torch
 
-from taskprune import flops, grid
+from taskprune import grid
 from taskprune.config import BenchConfig, PruningConfig, validate_config
 from taskprune.errors import ConfigError, DataError
 from taskprune.levels import Level
+from taskprune.model import flops
 from taskprune.perf import gather, measure, paired
 
 NUMBERS = {

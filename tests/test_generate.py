@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import ARCHITECTURES, tiny_model
 
-from taskprune.generate import Generation, encode_prompts, generate, plan_batches
+from taskprune.model.generate import Generation, encode_prompts, generate, plan_batches
 
 VOCAB = 320
 PROMPTS = [

@@ -73,8 +73,8 @@ def test_hash_follows_the_graph(tmp_path, monkeypatch):
 
 def test_real_package_stages():
     stats = ig.stage_modules("stats")
-    assert {"taskprune.stats", "taskprune.modeling", "taskprune.checkpoint", "taskprune.cli"} <= set(stats)
+    assert {"taskprune.stats", "taskprune.model.loading", "taskprune.model.checkpoint", "taskprune.cli"} <= set(stats)
     # the pruning logic is not part of loading models: editing it must not rerun the statistics
     assert "taskprune.prune" not in stats
-    assert "taskprune.flops" in ig.stage_modules("bench") and "taskprune.flops" not in ig.stage_modules("evaluate")
+    assert "taskprune.model.flops" in ig.stage_modules("bench") and "taskprune.model.flops" not in ig.stage_modules("evaluate")
     assert "torch" not in ig.stage_third_party("figures")

@@ -23,8 +23,8 @@ from safetensors import safe_open
 
 from taskprune.cli import main
 from taskprune.levels import Level
+from taskprune.model.checkpoint import load_pruned
 from taskprune.prune import (
-    load_pruned,
     removal_count,
     select_global,
     select_uniform,
@@ -67,7 +67,7 @@ def prune_cli(checkpoint: Path, output: Path, method: str = "selective", level: 
 
 
 def out_projections(model: torch.nn.Module, arch: str) -> list[torch.nn.Module]:
-    """The MLP output projection of each layer, found by name (independent of taskprune.arch)."""
+    """The MLP output projection of each layer, found by name (independent of taskprune.model.arch)."""
     name = {"gpt2": "c_proj", "gpt_neox": "dense_4h_to_h"}.get(arch, "down_proj")
     return [m for n, m in model.named_modules() if n.endswith(f"mlp.{name}")]
 
@@ -113,7 +113,7 @@ def stored_tensors(path: Path) -> dict[str, torch.Tensor]:
 def test_pruned_logits_equal_zeroed_original(tmp_path: Path, arch: str, allocation: str) -> None:
     from transformers import AutoModelForCausalLM
 
-    from taskprune.modeling import load_model
+    from taskprune.model.loading import load_model
 
     base, base_dir = save_base(tmp_path, arch)
     scores = write_scores(tmp_path / "selectivity.parquet", [D_FF] * LAYERS)
@@ -150,7 +150,7 @@ def test_pruned_logits_equal_zeroed_original(tmp_path: Path, arch: str, allocati
     assert record["parameters_before"] == base.num_parameters()
     assert record["parameters_after"] == closed_form
 
-    # taskprune.modeling.load_model handles both kinds of checkpoint
+    # taskprune.model.loading.load_model handles both kinds of checkpoint
     via_loader = load_model(out, device="cpu")
     with torch.no_grad():
         torch.testing.assert_close(via_loader(ids).logits, expected, atol=1e-5, rtol=0)
@@ -238,7 +238,8 @@ def test_numpy_and_torch_backends_write_identical_tensors(tmp_path: Path, arch_n
     """fp32 checkpoints are pruned with numpy (no torch import); the torch path (bf16) must agree exactly."""
     from types import SimpleNamespace
 
-    from taskprune.prune import plan_pruning, read_layout, write_pruned_checkpoint
+    from taskprune.model.checkpoint import read_layout
+    from taskprune.prune import plan_pruning, write_pruned_checkpoint
 
     _, base_dir = save_base(tmp_path, arch_name)
     layout = read_layout(base_dir)

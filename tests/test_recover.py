@@ -220,7 +220,7 @@ def test_merged_logits_equal_adapter_logits(arch_name):
 
 
 def test_per_layer_widths_survive_training_merge_and_save(tmp_path):
-    from taskprune.arch import layer_widths
+    from taskprune.model.checkpoint import layer_widths
 
     model = tiny_model("llama")
     widths = [48, 64]
@@ -251,11 +251,11 @@ def test_per_layer_widths_survive_training_merge_and_save(tmp_path):
             tensors[f"model.layers.{layer}.mlp.up_proj.weight"], merged.model.layers[layer].mlp.up_proj.weight
         )
     assert (out / "tokenizer.json").is_file() and json.loads((out / "recovery.json").read_text())["note"] == "test"
-    try:  # the per-layer-width loader is the pruning stage's; check the round trip once it exists
-        from taskprune.prune import load_pruned  # noqa: F401
+    try:  # the per-layer-width loader; check the round trip once it exists
+        from taskprune.model.checkpoint import load_pruned  # noqa: F401
     except ImportError:
-        pytest.skip("taskprune.prune.load_pruned not available yet: round trip not checked")
-    from taskprune.modeling import load_model
+        pytest.skip("taskprune.model.checkpoint.load_pruned not available yet: round trip not checked")
+    from taskprune.model.loading import load_model
 
     reloaded = load_model(out, "cpu")
     torch.testing.assert_close(_logits(reloaded, ids), expected, atol=1e-5, rtol=1e-5)
@@ -454,13 +454,13 @@ def test_recovered_variants_carry_their_recipe():
 @pytest.fixture(params=["uniform", "per-layer"])
 def task_files(tmp_path, request):
     """A pruned checkpoint (tiny llama + tokenizer; uniform MLP widths, or per-layer widths read by
-    taskprune.prune.load_pruned) and train/eval splits of the arithmetic task."""
+    taskprune.model.checkpoint.load_pruned) and train/eval splits of the arithmetic task."""
     import polars as pl
 
     src = tmp_path / "pruned"
     model = tiny_model("llama")
     if request.param == "per-layer":
-        pytest.importorskip("taskprune.prune").load_pruned  # noqa: B018 - the loader must exist
+        pytest.importorskip("taskprune.model.checkpoint").load_pruned  # noqa: B018 - the loader must exist
         _narrow_mlps(model, [56, 72])
     model.save_pretrained(src)
     _tokenizer(src)
@@ -487,7 +487,7 @@ def _cli(files: Path, train: str = "train.parquet", extra: tuple[str, ...] = ())
 
 
 def test_cli_writes_a_loadable_checkpoint(task_files):
-    from taskprune.modeling import load_model, load_tokenizer
+    from taskprune.model.loading import load_model, load_tokenizer
 
     assert _cli(task_files) == 0
     out = task_files / "recovered"

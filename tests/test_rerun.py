@@ -168,8 +168,9 @@ def test_pruning_code_change_reruns_pruning_and_downstream_not_stats(finished_ru
     # the bench stage imports prune (`bench family` prunes its shape models by prune's uniform rule), so every
     # measured variant's memory benchmark reruns, the base model's included: the stage's hash, not the job's
     assert len(jobs.pop("bench")) == 3
-    # the harness stage imports prune (load_pruned), so all its jobs rerun, the base model's included
-    assert {variant_of(j) for j in jobs.pop("harness")} == {("tiny-math", "base"), ("tiny-math", "selective", "35.71", "0")}
+    # the harness stage loads pruned checkpoints with taskprune.model.checkpoint, not prune: only the job of the
+    # re-pruned checkpoint reruns (downstream), not the base model's
+    assert {variant_of(j) for j in jobs.pop("harness")} == {("tiny-math", "selective", "35.71", "0")}
     for upstream in ("data", "train", "stats", "scores", "bench_stats", "bench_generation", "generalist_stats"):
         assert upstream not in jobs, f"{upstream} must not rerun after a change to prune.py"
     assert set(jobs) <= GATHER_RULES, f"unexpected jobs: {sorted(set(jobs) - GATHER_RULES)}"
@@ -187,7 +188,7 @@ def test_unrelated_change_reruns_nothing(finished_run, path, text):
 # case also names rules that must NOT rerun (the model rules for all of them).
 MODULE_RERUNS = {
     # only `taskprune bench` imports flops; bench, bench_family and bench_gather run it; efficiency.parquet feeds both tables
-    "flops": {"bench", "bench_family", "bench_gather", "findings", "figures"},
+    "model/flops": {"bench", "bench_family", "bench_gather", "findings", "figures"},
     # the findings stage module is run by the findings rule only
     "findings": {"findings"},
     # the claims are computed by the findings stage and imported by the figures stage (via the report's render)

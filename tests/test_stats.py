@@ -17,9 +17,9 @@ import torch
 from conftest import tiny_model
 from transformers.activations import ACT2FN
 
-from taskprune import arch as arch_mod
 from taskprune.cli import main
 from taskprune.errors import DataError, ModelError
+from taskprune.model import arch as arch_mod
 from taskprune.stats import (
     ActivationStats,
     collect_stats,

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from taskprune.config import EvaluationConfig, stage_options
     from taskprune.errors import ConfigError
     from taskprune.io import write_parquet
-    from taskprune.modeling import load_model, load_tokenizer
+    from taskprune.model.loading import load_model, load_tokenizer
 
     opts = stage_options(args, {"evaluation": EvaluationConfig, "device": "auto"})
     if args.threads:

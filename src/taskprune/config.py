@@ -29,6 +29,7 @@ from pydantic import (
 
 from taskprune.errors import ConfigError
 from taskprune.levels import Level
+from taskprune.model.arch import SHAPE_FAMILY_TYPES
 from taskprune.score_methods import SCORE_METHODS, check_score_method
 from taskprune.tasks import TASK_KINDS
 
@@ -448,7 +449,7 @@ class ShapeFamilyConfig(_Strict):
     at the levels by the pipeline's uniform rule (``taskprune.perf.paired``). Unset settings fall back to
     the ``bench`` section's."""
 
-    model_type: Literal["llama", "qwen2"] = "llama"
+    model_type: Literal[SHAPE_FAMILY_TYPES] = "llama"  # type: ignore[valid-type] - from the ARCHITECTURES registry
     hidden_size: int = Field(ge=8)
     intermediate_size: int = Field(ge=8)
     num_hidden_layers: int = Field(ge=1)

@@ -331,10 +331,10 @@ def run(args: argparse.Namespace) -> int:
     import polars as pl
 
     from taskprune.config import EvaluationConfig, stage_options
-    from taskprune.generate import generate
     from taskprune.io import write_parquet
     from taskprune.metrics import metrics_frame
-    from taskprune.modeling import load_model, load_tokenizer
+    from taskprune.model.generate import generate
+    from taskprune.model.loading import load_model, load_tokenizer
     from taskprune.tasks.sandbox import protection as sandbox_protection
     from taskprune.tasks.sandbox import run_programs
 

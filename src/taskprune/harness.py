@@ -7,7 +7,7 @@ keeps lm-eval's prompts, filters and metrics unchanged.
 
 - Uniform checkpoints (stock shapes) go to ``HFLM`` by path (``pretrained=<dir>``). Global-allocation
   checkpoints (per-layer MLP widths, which ``from_pretrained`` cannot build) are loaded with
-  :func:`taskprune.prune.load_pruned` and handed to ``HFLM`` as a model object.
+  :func:`taskprune.model.checkpoint.load_pruned` and handed to ``HFLM`` as a model object.
 - Local tasks: a task YAML shipped in ``resources/harness/`` (e.g. ``taskprune_math``, a copy of lm-eval's
   ``gsm8k.yaml`` over a local JSON Lines file) is bound to one of our tasks' eval split: the split is
   exported to JSONL (``id, question, answer``) and a generated wrapper YAML (``include:`` the shipped
@@ -90,12 +90,12 @@ def write_local_tasks(local: dict[str, Path], task_dir: Path, work_dir: Path) ->
 
 def build_lm(model_path: str, device: str, batch_size: int, max_length: int | None = None) -> tuple[Any, str]:
     """An ``HFLM`` for a checkpoint: by path for stock shapes, as a model object (loaded with
-    :func:`taskprune.prune.load_pruned`) for per-layer MLP widths. Returns (lm, how it was loaded)."""
+    :func:`taskprune.model.checkpoint.load_pruned`) for per-layer MLP widths. Returns (lm, how it was loaded)."""
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoConfig
 
-    from taskprune.modeling import check_checkpoint_dir, load_tokenizer, resolve_device
-    from taskprune.prune import LAYER_WIDTHS_KEY, load_pruned
+    from taskprune.model.checkpoint import LAYER_WIDTHS_KEY, check_checkpoint_dir, load_pruned
+    from taskprune.model.loading import load_tokenizer, resolve_device
 
     local = check_checkpoint_dir(model_path)
     torch_device, dtype = resolve_device(device)

@@ -16,7 +16,7 @@ Which neurons go (per decoder layer ``l`` with width ``d_ff_l``, level ``p`` per
   ``(score, layer, neuron)`` (``random``: one seeded permutation); each layer keeps at least
   ``max(1, ceil(min_width_fraction * d_ff_l))`` neurons, so every MLP stays alive.
 
-How they go, per architecture (see :mod:`taskprune.arch`): rows of ``gate_proj``/``up_proj`` and columns of
+How they go, per architecture (see :mod:`taskprune.model.arch`): rows of ``gate_proj``/``up_proj`` and columns of
 ``down_proj`` (gated); rows ``j`` and ``d_ff + j`` of the fused ``gate_up_proj`` (Phi-3); columns of
 ``c_fc.weight`` ``[d_model, d_ff]``, entries of ``c_fc.bias`` and rows of ``c_proj.weight`` ``[d_ff, d_model]``
 (GPT-2 Conv1D); rows and bias entries of ``dense_h_to_4h`` and columns of ``dense_4h_to_h`` (GPT-NeoX).
@@ -27,7 +27,7 @@ startup matters over ~150 jobs; it never holds more than one shard in memory (7B
 tensor's dtype and every key's name (tied embeddings stay tied because the tied copy is simply not stored),
 and rewrites ``config.json``'s MLP width. Uniform results load with stock
 ``AutoModelForCausalLM.from_pretrained``; per-layer widths (global allocation) are stored in the config as
-``taskprune_layer_widths`` and loaded with :func:`load_pruned`.
+``taskprune_layer_widths`` and loaded with :func:`taskprune.model.checkpoint.load_pruned`.
 """
 
 from __future__ import annotations
@@ -42,19 +42,16 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from taskprune.arch import MLPAdapter
-
-# The checkpoint reader and the loader of pruned checkpoints live in taskprune.checkpoint (model loading
-# needs them without the pruning logic); re-exported here, where callers have always found them.
-from taskprune.checkpoint import (  # noqa: F401
+from taskprune.errors import ConfigError, DataError
+from taskprune.levels import Level
+from taskprune.model.arch import MLPAdapter
+from taskprune.model.checkpoint import (
     LAYER_WIDTHS_KEY,
     CheckpointLayout,
-    _neuron_axis,
-    load_pruned,
+    neuron_axis,
     read_layout,
+    resolve_checkpoint,
 )
-from taskprune.errors import ConfigError, DataError, ModelError
-from taskprune.levels import Level
 from taskprune.score_methods import SCORE_METHODS
 
 if TYPE_CHECKING:  # heavy imports stay out of `taskprune prune --help`
@@ -79,27 +76,6 @@ def removal_count(level: Level, width: int, multiple_of: int = 1) -> int:
     """``k = round(level/100 * width)`` (half up, exact), rounded to the nearest multiple of ``multiple_of``."""
     exact = level.fraction * width / 100
     return math.floor(exact / multiple_of + Fraction(1, 2)) * multiple_of
-
-
-def resolve_checkpoint(checkpoint: str) -> Path:
-    """A local checkpoint directory (shards checked), or a hub id resolved to its local snapshot."""
-    from taskprune.modeling import check_checkpoint_dir
-
-    root = check_checkpoint_dir(checkpoint)
-    if root is not None:
-        return root
-    try:
-        from huggingface_hub import snapshot_download
-
-        local = snapshot_download(
-            checkpoint, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
-        )
-    except Exception as exc:  # huggingface_hub raises many types (offline, not found, auth)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"{checkpoint}: not a local checkpoint and not downloadable from the hub ({first})") from exc
-    resolved = check_checkpoint_dir(local)
-    assert resolved is not None
-    return resolved
 
 
 # ---------------------------------------------------------------------------------------- scores
@@ -299,11 +275,12 @@ def _slice_tensor(tensor: Any, adapter: MLPAdapter, proj: str, param: str, keep:
     """Keep neurons ``keep`` (sorted indices) of one stored MLP tensor (numpy array or torch tensor)."""
     import numpy as np
 
-    axis = _neuron_axis(adapter, proj, param)
+    axis = neuron_axis(adapter, proj, param)
     if axis is None:
         return tensor
-    if adapter.kind == "gated_fused" and proj != adapter.out_proj:
-        keep = np.concatenate([keep, keep + width])  # gate rows [0, d_ff), up rows [d_ff, 2 d_ff)
+    fused = adapter.mlp_kind.fused_rows
+    if fused > 1 and proj != adapter.out_proj:  # Phi-3's gate_up_proj: gate rows [0, d_ff), up rows [d_ff, 2 d_ff)
+        keep = np.concatenate([keep + r * width for r in range(fused)])
     if isinstance(tensor, np.ndarray):
         return np.ascontiguousarray(np.take(tensor, keep, axis=axis))
     import torch

@@ -31,7 +31,7 @@ model uses one), so the model learns to continue the very token sequence it will
 The loss is the mean next-token cross-entropy over the completion tokens of a batch (AdamW on the LoRA
 parameters only, linear warm-up and decay; a batch too large for memory runs as micro-batches with the
 gradients accumulated). Uniform and per-layer-width checkpoints load through
-:func:`taskprune.modeling.load_model`; LoRA wraps each projection at its own shape, and the merged model is
+:func:`taskprune.model.loading.load_model`; LoRA wraps each projection at its own shape, and the merged model is
 saved with the source's width keys in ``config.json``, so it reloads the same way.
 
 Output ``results/recovered/{model}/{method}/{level}/{seed}/{recipe}/``: the merged checkpoint (source dtype), the
@@ -162,13 +162,13 @@ def build_examples(
 ) -> tuple[list[TrainingExample], dict[str, int]]:
     """Tokenize ``prompt ++ completion ++ eos`` per row, truncated on the right to ``seq_len`` tokens.
 
-    Prompts are encoded by :func:`taskprune.generate.encode_prompts`, the very function generation uses
+    Prompts are encoded by :func:`taskprune.model.generate.encode_prompts`, the very function generation uses
     (special tokens such as BOS, or the chat template with the generation prompt), so the model is trained
     on exactly the prompt tokens it is evaluated on. Rows whose prompt alone fills ``seq_len`` leave no
     completion token to learn from and are dropped. Returns the examples and the counts
     ``{"n_rows", "n_examples", "n_truncated", "n_dropped"}``.
     """
-    from taskprune.generate import encode_prompts
+    from taskprune.model.generate import encode_prompts
 
     eos = tokenizer.eos_token_id
     if eos is None:
@@ -566,9 +566,10 @@ def checkpoint_dtype(path: str | os.PathLike[str]) -> Any:
 
 def _width_keys(source_config: dict[str, Any]) -> dict[str, Any]:
     """The keys of a pruned config.json that describe its MLP widths and provenance (kept verbatim)."""
-    from taskprune.arch import ADAPTERS
+    from taskprune.model.arch import ARCHITECTURES
 
-    adapter = ADAPTERS.get(source_config.get("model_type", ""))
+    architecture = ARCHITECTURES.get(source_config.get("model_type", ""))
+    adapter = architecture.mlp if architecture is not None else None
     keys = {k: v for k, v in source_config.items() if k.startswith("taskprune_")}
     if adapter is not None and adapter.width_key in source_config:
         keys[adapter.width_key] = source_config[adapter.width_key]
@@ -644,9 +645,9 @@ def recover(
     """Recover one pruned checkpoint with ``recipe`` and write ``out_dir``; returns the ``recovery.json``
     record. ``teacher_path`` (the unpruned base model: a directory or hub id) is needed by distillation
     recipes and ignored by the others."""
-    from taskprune.arch import layer_widths
     from taskprune.io import read_json, read_parquet
-    from taskprune.modeling import check_checkpoint_dir, load_model, load_tokenizer, resolve_device
+    from taskprune.model.checkpoint import check_checkpoint_dir, layer_widths
+    from taskprune.model.loading import load_model, load_tokenizer, resolve_device
 
     t0 = time.perf_counter()
     chosen = get_recipe(recipe)
@@ -797,7 +798,7 @@ def load_teacher(
     description of it for ``recovery.json``."""
     import torch
 
-    from taskprune.modeling import load_model, resolve_device
+    from taskprune.model.loading import load_model, resolve_device
 
     device = student_device if distillation.teacher_device == "auto" else resolve_device(distillation.teacher_device)[0]
     dtype = student_dtype if distillation.teacher_dtype == "auto" else getattr(torch, distillation.teacher_dtype)

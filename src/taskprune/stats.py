@@ -353,11 +353,12 @@ class StatsCollector(HookSet):
     def __init__(self, model: Any) -> None:
         import torch
 
-        from taskprune import arch
+        from taskprune.model import arch
+        from taskprune.model.checkpoint import layer_widths
 
         self.model = model
         self.modules = arch.out_proj_modules(model)
-        self.widths = arch.layer_widths(model)
+        self.widths = layer_widths(model)
         self.device = next(model.parameters()).device
         self.moments = [_LayerMoments(w, self.device) for w in self.widths]
         self.tokens = 0
@@ -433,7 +434,7 @@ def out_proj_column_norms(model: Any) -> list[np.ndarray]:
     """``||W_out[:, j]||_2`` per layer (float64), the weight half of the Wanda-style score."""
     import torch
 
-    from taskprune import arch
+    from taskprune.model import arch
 
     with torch.inference_mode():
         return [w.double().norm(dim=1).cpu().numpy() for w in arch.out_proj_neuron_weights(model)]
@@ -466,7 +467,7 @@ def collect_stats_over(
     """The streaming loop itself, over ready batches (the benchmark times exactly this)."""
     import torch
 
-    from taskprune import arch
+    from taskprune.model import arch
     from taskprune.progress import progress_bar
 
     stack = arch.backbone(model)
@@ -559,9 +560,10 @@ def _chat_template_option(model_section: Any, source: str) -> bool:
 
 
 def load_model_and_tokenizer(path: Any, device: str = "auto") -> tuple[Any, Any]:
-    """The model (checked and loaded by :mod:`taskprune.modeling`) and its tokenizer; a tokenizer with
+    """The model (checked and loaded by :mod:`taskprune.model.loading`) and its tokenizer; a tokenizer with
     neither pad nor EOS token is fine here (padding is masked, so any id serves)."""
-    from taskprune.modeling import check_checkpoint_dir, load_model, load_tokenizer
+    from taskprune.model.checkpoint import check_checkpoint_dir
+    from taskprune.model.loading import load_model, load_tokenizer
 
     check_checkpoint_dir(path)  # one-line ModelError for a missing/incomplete checkpoint
     try:
@@ -610,7 +612,7 @@ def run(args: Any) -> int:
 
     prompts = load_prompts(args.data)
     model, tokenizer = load_model_and_tokenizer(args.model_path, opts.device)
-    from taskprune.modeling import model_context_length
+    from taskprune.model.loading import model_context_length
 
     # Never feed positions the model has no embedding for (GPT-2 crashes, RoPE models extrapolate).
     context = model_context_length(model.config)

@@ -19,7 +19,7 @@ balanced mix of all tasks (config ``generalists``), and each specialist continue
 tokenizer (``training.init``) on its specialist mix; ``init: null`` trains a specialist from scratch.
 
 After training, the validation check generates greedily on the validation split (of the target task, or
-of every task of a generalist's mix) with the evaluation stage's own code (``taskprune.generate``,
+of every task of a generalist's mix) with the evaluation stage's own code (``taskprune.model.generate``,
 ``taskprune.evaluate``, ``taskprune.tasks.sandbox``) and writes ``training.json`` (``validation_accuracy,
 n_validation, validation_by_task, train_seconds, params`` and more), ``loss.parquet`` and ``loss.png``
 beside the checkpoint. The eval split is never read by training: it is evaluation's alone.
@@ -282,7 +282,7 @@ def validation_check(model: Any, tokenizer: Any, kind: str, eval_df: Any, evalua
     match of the reference), ``n_validation``, ``validation_hit_limit`` (share of generations that hit the
     limit). The eval split is never read here: step counts and learning rates are chosen on this number.
     """
-    from taskprune.generate import generate
+    from taskprune.model.generate import generate
     from taskprune.tasks import TASK_KINDS
 
     spec = TASK_KINDS[kind]
@@ -396,7 +396,7 @@ def train_model(
     import torch
 
     from taskprune.io import atomic_dir, write_json, write_parquet
-    from taskprune.modeling import resolve_device
+    from taskprune.model.loading import resolve_device
     from taskprune.tasks import TASK_KINDS
     from taskprune.tasks.splits import read_split
 

@@ -59,7 +59,7 @@ PRELOAD = (
     "peft",
     "taskprune.cli",
     "taskprune.config",
-    "taskprune.modeling",
+    "taskprune.model.loading",
 )
 
 

@@ -2,7 +2,7 @@
 
 Generates the same prompts (the first ``--n-prompts`` of a task's eval split) greedily with
 
-- ``taskprune``: our loop (:func:`taskprune.generate.generate`) at each batch size, and
+- ``taskprune``: our loop (:func:`taskprune.model.generate.generate`) at each batch size, and
 - ``hf_generate``: stock ``model.generate(do_sample=False)`` over the prompts in chunks of the batch size
   (left padded), the usual baseline,
 
@@ -59,7 +59,7 @@ def hf_generate_tokens(model: Any, tokenizer: Any, prompts: list[str], max_new_t
     """Stock ``model.generate`` in chunks of ``batch_size`` (left padded); new tokens up to the first EOS."""
     import torch
 
-    from taskprune.generate import eos_token_ids
+    from taskprune.model.generate import eos_token_ids
 
     eos = sorted(eos_token_ids(model, tokenizer))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
@@ -81,7 +81,7 @@ def benchmark_generation(model: Any, tokenizer: Any, prompts: list[str], max_new
     import torch
     import transformers
 
-    from taskprune.generate import generate
+    from taskprune.model.generate import generate
 
     def ours(batch: int) -> list[list[int]]:
         out = generate(model, tokenizer, prompts, max_new, batch_size=batch, token_budget=1 << 30, progress=False)

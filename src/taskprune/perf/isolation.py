@@ -273,7 +273,7 @@ def server_command(socket_path: str, parent_pid: int, preload_modules: list[str]
 
 
 # The imports a measurement child inherits: the libraries, nothing that would hold state.
-MEASURE_PRELOAD = ("torch", "transformers", "transformers:AutoModelForCausalLM", "taskprune.modeling")
+MEASURE_PRELOAD = ("torch", "transformers", "transformers:AutoModelForCausalLM", "taskprune.model.loading")
 
 
 def worker_env(threads: int | None) -> dict[str, str]:

@@ -29,7 +29,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from taskprune.errors import DataError, ModelError
+from taskprune.model.checkpoint import bytes_on_disk, resolve_checkpoint
+from taskprune.model.flops import checkpoint_shape
 from taskprune.perf.engines import (
     engine_dtype_bytes,
     fixed_prompts,
@@ -51,92 +52,6 @@ log = logging.getLogger(__name__)
 
 MIN_REPEAT_SECONDS = 0.2  # one timed repeat loops the measured run until it lasts at least this long
 MEMORY_PAIRS_MAX = 3  # model/baseline process pairs for the CPU peak-RSS measurement
-
-
-# ------------------------------------------------------------------------------- checkpoint facts
-
-
-def weight_files(path: str | os.PathLike[str]) -> list[Path]:
-    """The weight files of a checkpoint directory (``*.safetensors``, else ``*.bin``)."""
-    p = Path(path)
-    files = sorted(p.glob("*.safetensors")) or sorted(p.glob("*.bin"))
-    if not files:
-        raise DataError(f"{p}: checkpoint has no weight files (*.safetensors or *.bin)")
-    return files
-
-
-def bytes_on_disk(path: str | os.PathLike[str]) -> int:
-    """Total size of a checkpoint's weight files (tokenizer, config and manifests excluded)."""
-    return sum(f.stat().st_size for f in weight_files(path))
-
-
-def checkpoint_widths(path: str | os.PathLike[str], config: Any) -> list[int]:
-    """Per-layer MLP widths read from the tensor shapes in the safetensors headers (no weights loaded).
-
-    The width of layer ``l`` is the input size of its MLP output projection (``down_proj``: columns of
-    ``[d, f]``; GPT-2's Conv1D ``c_proj``: rows of ``[f, d]``). Falls back to the config for ``*.bin``.
-    """
-    from safetensors import safe_open
-
-    from taskprune.arch import get_adapter, mlp_width, num_layers
-
-    adapter = get_adapter(config)
-    layers = num_layers(config)
-    pattern = re.compile(
-        rf"(?:^|\.){re.escape(adapter.layers_path.split('.')[-1])}\.(\d+)\.{adapter.mlp_attr}\."
-        rf"{adapter.out_proj}\.weight$"
-    )
-    widths: dict[int, int] = {}
-    files = [f for f in weight_files(path) if f.suffix == ".safetensors"]
-    if not files:
-        stored = getattr(config, "taskprune_layer_widths", None)
-        return list(stored) if stored else [mlp_width(config)] * layers
-    for file in files:
-        with safe_open(str(file), framework="pt") as fh:
-            for name in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
-                match = pattern.search(name)
-                if match:
-                    shape = fh.get_slice(name).get_shape()
-                    widths[int(match.group(1))] = int(shape[0] if adapter.kind == "conv1d" else shape[1])
-    if sorted(widths) != list(range(layers)):
-        raise ModelError(
-            f"{path}: found MLP output projections for layers {sorted(widths)} in the weight files, "
-            f"expected 0..{layers - 1}"
-        )
-    return [widths[i] for i in range(layers)]
-
-
-def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
-    """A local checkpoint directory for ``path``: the directory itself, or for a hub id (the paper's base
-    models) its snapshot in the Hugging Face cache (downloaded only if it is not cached yet)."""
-    from taskprune.modeling import check_checkpoint_dir
-
-    local = check_checkpoint_dir(path)
-    if local is not None:
-        return local
-    from huggingface_hub import snapshot_download
-
-    patterns = ["*.json", "*.safetensors", "*.bin", "*.model", "*.txt"]
-    try:
-        return Path(snapshot_download(str(path), allow_patterns=patterns, local_files_only=True))
-    except Exception:  # not cached: try the hub once
-        try:
-            return Path(snapshot_download(str(path), allow_patterns=patterns))
-        except Exception as exc:
-            raise ModelError(
-                f"{path}: not a local checkpoint and not fetchable from the hub ({exc})"
-            ) from None
-
-
-def checkpoint_shape(path: str | os.PathLike[str]) -> Any:
-    """The :class:`~taskprune.flops.ModelShape` of a checkpoint directory, widths from its weights."""
-    from transformers import AutoConfig
-
-    from taskprune.flops import shape_from_config
-
-    local = resolve_checkpoint(path)
-    config = AutoConfig.from_pretrained(str(local))
-    return shape_from_config(config, checkpoint_widths(local, config))
 
 
 # --------------------------------------------------------------------------- in the fresh process
@@ -159,7 +74,7 @@ def _device_name(device: Any) -> str:
 
 
 def _load(spec: dict[str, Any]) -> tuple[Any, Any]:
-    from taskprune.modeling import load_model
+    from taskprune.model.loading import load_model
 
     model = load_model(spec["checkpoint"], spec["device"])
     return model, model.device
@@ -173,8 +88,9 @@ def _worker_memory(spec: dict[str, Any]) -> dict[str, Any]:
     import torch.nn.functional as F
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from taskprune.arch import layer_widths, mlp_modules
-    from taskprune.modeling import resolve_device
+    from taskprune.model.arch import mlp_modules
+    from taskprune.model.checkpoint import layer_widths
+    from taskprune.model.loading import resolve_device
 
     device, _ = resolve_device(spec["device"])
     config = AutoConfig.from_pretrained(spec["checkpoint"])
@@ -336,7 +252,7 @@ def measure_variant(
     """
     import polars as pl
 
-    from taskprune.flops import param_counts
+    from taskprune.model.flops import param_counts
 
     if label_checkpoints and len(label_checkpoints) != len(label_variants):
         raise DataError(
@@ -345,7 +261,7 @@ def measure_variant(
         )
     measured = variant_fields(variant)
     labels = [measured] + [variant_fields(v) for v in label_variants]
-    checkpoint = resolve_checkpoint(checkpoint)
+    checkpoint = resolve_checkpoint(checkpoint, "bench")
     shape = checkpoint_shape(checkpoint)
     counts = param_counts(shape)
     disk = {measured["variant"]: bytes_on_disk(checkpoint)}
@@ -356,7 +272,7 @@ def measure_variant(
                 f"{path}: --label-checkpoint has different shapes from the measured {checkpoint} "
                 f"(MLP widths {list(other.mlp_widths)} vs {list(shape.mlp_widths)}); benchmark it separately"
             )
-        disk[fields["variant"]] = bytes_on_disk(resolve_checkpoint(path))
+        disk[fields["variant"]] = bytes_on_disk(resolve_checkpoint(path, "bench"))
 
     common = {
         "checkpoint": str(checkpoint),
@@ -455,7 +371,7 @@ def compare_paired(
     """
     import polars as pl
 
-    from taskprune.flops import decode_flops_per_token, prefill_flops_per_token
+    from taskprune.model.flops import decode_flops_per_token, prefill_flops_per_token
 
     def phase_flops(path: str | os.PathLike[str]) -> float:
         shape = checkpoint_shape(path)
@@ -464,7 +380,7 @@ def compare_paired(
         return decode_flops_per_token(shape, bench.prompt_tokens, bench.new_tokens)
 
     ideal = phase_flops(base_checkpoint) / phase_flops(checkpoint)
-    local = {"base": resolve_checkpoint(base_checkpoint), "variant": resolve_checkpoint(checkpoint)}
+    local = {"base": resolve_checkpoint(base_checkpoint, "bench"), "variant": resolve_checkpoint(checkpoint, "bench")}
     common = {
         "kind": "throughput", "device": device, "engine": engine, "threads": bench.threads,
         "prompt_tokens": bench.prompt_tokens, "new_tokens": bench.new_tokens, "static_cache": bench.static_cache,
@@ -526,7 +442,7 @@ def profile_phase(
     warm-up. For diagnosis only; nothing here feeds the efficiency table."""
     import torch
 
-    from taskprune.modeling import load_model
+    from taskprune.model.loading import load_model
 
     if bench.threads:
         torch.set_num_threads(bench.threads)

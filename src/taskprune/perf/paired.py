@@ -135,15 +135,16 @@ def build_shapes_model(numbers: dict[str, Any], level: str | None, layers: int |
     weights, pruned at ``level`` by the pipeline's uniform rule and slicing code (random neurons, seed 0)."""
     import numpy as np
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    from transformers import AutoModelForCausalLM
 
-    from taskprune.arch import get_adapter, layer_widths, mlp_modules
-    from taskprune.checkpoint import _sync_shape_attributes
     from taskprune.config import PruningConfig
     from taskprune.levels import Level
+    from taskprune.model.arch import get_adapter, mlp_modules
+    from taskprune.model.checkpoint import _sync_shape_attributes, layer_widths
+    from taskprune.model.loading import shape_family_config_class
     from taskprune.prune import _slice_tensor, plan_pruning
 
-    config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[numbers["model_type"]]
+    config_class = shape_family_config_class(numbers["model_type"])
     depth = int(layers or numbers["num_hidden_layers"])
     config = config_class(
         hidden_size=numbers["hidden_size"], intermediate_size=numbers["intermediate_size"],
@@ -218,7 +219,7 @@ class StockRunner:
     def __init__(self, model: Any, batch_size: int, max_len: int) -> None:
         from transformers import StaticCache
 
-        from taskprune.arch import decoder_layers
+        from taskprune.model.arch import decoder_layers
 
         self.model = model
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
@@ -273,7 +274,7 @@ def trial_main(spec: dict[str, Any]) -> dict[str, Any]:
     """
     import torch
 
-    from taskprune.modeling import load_model, resolve_device
+    from taskprune.model.loading import load_model, resolve_device
     from taskprune.perf.engines import fixed_prompts
 
     torch.set_flush_denormal(True)
@@ -286,7 +287,7 @@ def trial_main(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         model = build_shapes_model(source["shapes"], source["level"], source["measured_layers"])
     build_s = time.perf_counter() - t0
-    from taskprune.arch import layer_widths
+    from taskprune.model.checkpoint import layer_widths
 
     widths = layer_widths(model)
     built_layers = len(widths)
@@ -413,7 +414,7 @@ def summarise(trials: Any, plan: FamilyPlan) -> Any:
     """Per (level, engine, batch, phase): paired speedup, CI, ideal ratios and the noise record."""
     import polars as pl
 
-    from taskprune.flops import (
+    from taskprune.model.flops import (
         decode_bytes_per_token,
         decode_flops_per_token,
         param_counts,
@@ -496,18 +497,19 @@ def summarise(trials: Any, plan: FamilyPlan) -> Any:
 
 
 def _family_shape(plan: FamilyPlan, which: str, width: int, layers: int) -> Any:
-    """The full-depth :class:`~taskprune.flops.ModelShape` of a family member (``width`` per layer)."""
-    from transformers import AutoConfig, LlamaConfig, Qwen2Config
+    """The full-depth :class:`~taskprune.model.flops.ModelShape` of a family member (``width`` per layer)."""
+    from transformers import AutoConfig
 
-    from taskprune.flops import shape_from_config
+    from taskprune.model.flops import shape_from_config
+    from taskprune.model.loading import shape_family_config_class
 
     source = plan.base if which == "base" else plan.levels[which]
     if "checkpoint" in source:
-        from taskprune.perf.measure import checkpoint_shape
+        from taskprune.model.flops import checkpoint_shape
 
         return checkpoint_shape(source["checkpoint"])
     n = source["shapes"]
-    config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[n["model_type"]]
+    config_class = shape_family_config_class(n["model_type"])
     config = config_class(
         hidden_size=n["hidden_size"], intermediate_size=width, num_hidden_layers=layers,
         num_attention_heads=n["num_attention_heads"], num_key_value_heads=n["num_key_value_heads"],

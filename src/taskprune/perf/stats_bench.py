@@ -80,7 +80,7 @@ class PaperHooks(HookSet):
     """Forward hooks on every MLP that recompute the activation and keep per-prompt arrays (the baseline)."""
 
     def __init__(self, model: Any) -> None:
-        from taskprune import arch
+        from taskprune.model import arch
 
         self.adapter = arch.get_adapter(model)
         self.mlps = arch.mlp_modules(model)
@@ -125,7 +125,7 @@ def _sync(device: Any) -> None:
 def run_plain(model: Any, batches: Iterable[Any]) -> None:
     import torch
 
-    from taskprune import arch
+    from taskprune.model import arch
     from taskprune.stats import forward_backbone
 
     stack = arch.backbone(model)
@@ -146,7 +146,7 @@ def run_taskprune(model: Any, batches: Iterable[Any]) -> Any:
 def run_paper(model: Any, batches: Iterable[Any]) -> Any:
     import torch
 
-    from taskprune import arch
+    from taskprune.model import arch
     from taskprune.stats import forward_backbone
 
     stack = arch.backbone(model)

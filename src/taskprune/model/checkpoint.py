@@ -1,7 +1,14 @@
-"""Reading safetensors checkpoints without a model, and loading pruned ones (uniform or per-layer widths).
+"""The one checkpoint reader: where a checkpoint is, what its safetensors headers say, and loading pruned ones.
+
+- :func:`check_checkpoint_dir` / :func:`resolve_checkpoint`: a local directory (its weight shards checked) or
+  a hub id resolved to its local snapshot;
+- :func:`read_layout`: config.json and the safetensors headers (no tensor is read): where every MLP tensor
+  is and each layer's MLP width, checked for consistency; :func:`checkpoint_widths` and
+  :func:`bytes_on_disk` for the benchmark; :func:`layer_widths` reads the same widths off a loaded model;
+- :func:`load_pruned`: loading checkpoints pruned to per-layer widths.
 
 Why this module exists apart from :mod:`taskprune.prune`: every stage that loads a model may meet a pruned
-checkpoint (statistics, evaluation, recovery, benchmarks go through :func:`taskprune.modeling.load_model`),
+checkpoint (statistics, evaluation, recovery, benchmarks go through :func:`taskprune.model.loading.load_model`),
 but only the pruning stage needs the logic that decides and removes neurons. Keeping the reader and the
 loader here means editing the pruning logic reruns pruning and what follows, not the statistics (the rules'
 source hashes follow the import graph).
@@ -11,16 +18,89 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from taskprune.arch import MLPAdapter, get_adapter, num_layers
-from taskprune.errors import ModelError, TaskpruneError
+from taskprune.errors import DataError, ModelError, TaskpruneError
+from taskprune.model.arch import MLPAdapter, get_adapter, mlp_modules, mlp_width, num_layers
 
 LAYER_WIDTHS_KEY = "taskprune_layer_widths"  # config.json key for per-layer MLP widths (global allocation)
+
+
+# -------------------------------------------------------------------------------- where it is
+
+# How a hub id becomes a snapshot, per reader: (file patterns fetched, use a cached snapshot without asking
+# the hub). Pruning rewrites the safetensors weights and copies the tokenizer and chat-template side files;
+# the benchmark also reads *.bin weights and takes a cached snapshot as it is.
+HUB_FETCH: dict[str, tuple[tuple[str, ...], bool]] = {
+    "prune": (("*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"), False),
+    "bench": (("*.json", "*.safetensors", "*.bin", "*.model", "*.txt"), True),
+}
+
+
+def check_checkpoint_dir(path: str | os.PathLike[str]) -> Path | None:
+    """Return the directory if ``path`` is a local checkpoint, ``None`` if it looks like a hub id.
+
+    A local directory must hold ``config.json`` and every weight shard its index names.
+    """
+    p = Path(path)
+    if not p.exists():
+        if str(path).startswith((".", "/", "results")) or os.sep in str(path).strip("/").split("/", 1)[-1]:
+            raise ModelError(f"{p}: model directory not found")
+        return None  # a hub id such as Qwen/Qwen2.5-Math-1.5B-Instruct
+    if not (p / "config.json").is_file():
+        raise ModelError(f"{p}: not a model checkpoint (no config.json)")
+    index = p / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+        missing = [s for s in shards if not (p / s).is_file()]
+        if missing:
+            raise ModelError(f"{p}: checkpoint is missing weight shard(s) {', '.join(missing)}")
+    elif not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
+        raise ModelError(f"{p}: checkpoint has no weight files (*.safetensors)")
+    return p
+
+
+def resolve_checkpoint(path: str | os.PathLike[str], reader: str = "prune") -> Path:
+    """A local checkpoint directory for ``path``: the directory itself (shards checked), or for a hub id (the
+    paper's base models) its snapshot in the Hugging Face cache, fetched as ``HUB_FETCH[reader]`` says."""
+    local = check_checkpoint_dir(path)
+    if local is not None:
+        return local
+    from huggingface_hub import snapshot_download
+
+    patterns, cache_first = HUB_FETCH[reader]
+    if cache_first:
+        try:
+            return Path(snapshot_download(str(path), allow_patterns=list(patterns), local_files_only=True))
+        except Exception:  # not cached: try the hub once
+            pass
+    try:
+        snapshot = snapshot_download(str(path), allow_patterns=list(patterns))
+    except Exception as exc:  # huggingface_hub raises many types (offline, not found, auth)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"{path}: not a local checkpoint and not downloadable from the hub ({first})") from exc
+    resolved = check_checkpoint_dir(snapshot)
+    assert resolved is not None
+    return resolved
+
+
+def weight_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The weight files of a checkpoint directory (``*.safetensors``, else ``*.bin``)."""
+    p = Path(path)
+    files = sorted(p.glob("*.safetensors")) or sorted(p.glob("*.bin"))
+    if not files:
+        raise DataError(f"{p}: checkpoint has no weight files (*.safetensors or *.bin)")
+    return files
+
+
+def bytes_on_disk(path: str | os.PathLike[str]) -> int:
+    """Total size of a checkpoint's weight files (tokenizer, config and manifests excluded)."""
+    return sum(f.stat().st_size for f in weight_files(path))
 
 
 # ------------------------------------------------------------------------------ checkpoint layout
@@ -65,16 +145,13 @@ def _mlp_key_pattern(adapter: MLPAdapter) -> re.Pattern[str]:
     )
 
 
-def _neuron_axis(adapter: MLPAdapter, proj: str, param: str) -> int | None:
+def neuron_axis(adapter: MLPAdapter, proj: str, param: str) -> int | None:
     """Axis of a stored tensor that indexes neurons (``None``: not indexed by neuron, e.g. down_proj's bias).
 
     Linear weights are ``[out, in]``, GPT-2 Conv1D weights ``[in, out]``; neurons are the outputs of the input
     projections and the inputs of the output projection.
     """
-    conv1d = adapter.kind == "conv1d"
-    if proj == adapter.out_proj:
-        return None if param == "bias" else (0 if conv1d else 1)
-    return 0 if param == "bias" else (1 if conv1d else 0)
+    return adapter.mlp_kind.neuron_axis(proj == adapter.out_proj, param)
 
 
 def read_layout(root: Path) -> CheckpointLayout:
@@ -127,10 +204,10 @@ def read_layout(root: Path) -> CheckpointLayout:
             if (proj, "weight") not in found:
                 raise ModelError(f"{root}: no weight for layer {layer}'s {adapter.mlp_attr}.{proj}")
         out_shape = shapes[found[(adapter.out_proj, "weight")]]
-        width = out_shape[_neuron_axis(adapter, adapter.out_proj, "weight")]  # type: ignore[index]
-        fused = 2 if adapter.kind == "gated_fused" else 1
+        width = out_shape[neuron_axis(adapter, adapter.out_proj, "weight")]  # type: ignore[index]
+        fused = adapter.mlp_kind.fused_rows
         for (proj, param), key in found.items():
-            axis = _neuron_axis(adapter, proj, param)
+            axis = neuron_axis(adapter, proj, param)
             expected = width if proj == adapter.out_proj else fused * width
             if axis is not None and shapes[key][axis] != expected:
                 raise ModelError(
@@ -138,6 +215,29 @@ def read_layout(root: Path) -> CheckpointLayout:
                 )
         widths.append(int(width))
     return CheckpointLayout(root, config, adapter, shards, index, shapes, mlp_keys, widths, dtypes)
+
+
+def checkpoint_widths(path: str | os.PathLike[str], config: Any) -> list[int]:
+    """Per-layer MLP widths of a checkpoint directory, read from the safetensors headers (no weights loaded,
+    see :func:`read_layout`); for ``*.bin`` weights, from ``config`` (``taskprune_layer_widths`` or the
+    uniform width)."""
+    if any(f.suffix == ".safetensors" for f in weight_files(path)):
+        return read_layout(Path(path)).widths
+    stored = getattr(config, LAYER_WIDTHS_KEY, None)
+    return list(stored) if stored else [mlp_width(config)] * num_layers(config)
+
+
+def layer_widths(model: Any) -> list[int]:
+    """Actual d_ff of every layer of a loaded model, read from the weights (differs per layer after global
+    pruning)."""
+    adapter = get_adapter(model)
+    widths = []
+    for mlp in mlp_modules(model):
+        out = getattr(mlp, adapter.out_proj)
+        weight = out.weight
+        # Conv1D stores [in, out]; Linear stores [out, in]; the neurons are the out-proj *inputs*.
+        widths.append(int(weight.shape[0] if adapter.mlp_kind.transposed else weight.shape[1]))
+    return widths
 
 
 # --------------------------------------------------------------------------------------- loading
@@ -158,14 +258,10 @@ def load_pruned(path: str | Path, dtype: Any = None) -> Any:
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from taskprune.arch import layer_widths, mlp_modules
-
     config = AutoConfig.from_pretrained(str(path))
     widths = getattr(config, LAYER_WIDTHS_KEY, None)
     if not widths:
         return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or "auto").eval()
-
-    from taskprune.modeling import check_checkpoint_dir
 
     root = check_checkpoint_dir(path)
     if root is None:

@@ -1,8 +1,9 @@
 """Loading models and tokenizers the same way in every stage.
 
 One place decides the device and dtype (``device: auto`` -> CUDA in bfloat16 when available, else CPU in
-float32), resolves a checkpoint directory or hub id, gives a tokenizer without a pad token one (the EOS
-token, left padding for generation), and loads checkpoints whose MLPs were pruned to per-layer widths.
+float32), checks a local checkpoint directory (:mod:`taskprune.model.checkpoint`), gives a tokenizer without a
+pad token one (the EOS token, left padding for generation), and loads checkpoints whose MLPs were pruned to
+per-layer widths (:func:`~taskprune.model.checkpoint.load_pruned`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from taskprune.errors import ModelError
+from taskprune.model.arch import ARCHITECTURES, get_adapter
+from taskprune.model.checkpoint import LAYER_WIDTHS_KEY, check_checkpoint_dir, load_pruned
 
 
 def resolve_device(device: str = "auto") -> tuple[Any, Any]:
@@ -26,31 +29,6 @@ def resolve_device(device: str = "auto") -> tuple[Any, Any]:
         raise ModelError(f"device: expected auto, cpu or cuda, got {device!r}")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     return torch.device(device), dtype
-
-
-def check_checkpoint_dir(path: str | os.PathLike[str]) -> Path | None:
-    """Return the directory if ``path`` is a local checkpoint, ``None`` if it looks like a hub id.
-
-    A local directory must hold ``config.json`` and every weight shard its index names.
-    """
-    import json
-
-    p = Path(path)
-    if not p.exists():
-        if str(path).startswith((".", "/", "results")) or os.sep in str(path).strip("/").split("/", 1)[-1]:
-            raise ModelError(f"{p}: model directory not found")
-        return None  # a hub id such as Qwen/Qwen2.5-Math-1.5B-Instruct
-    if not (p / "config.json").is_file():
-        raise ModelError(f"{p}: not a model checkpoint (no config.json)")
-    index = p / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
-        missing = [s for s in shards if not (p / s).is_file()]
-        if missing:
-            raise ModelError(f"{p}: checkpoint is missing weight shard(s) {', '.join(missing)}")
-    elif not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
-        raise ModelError(f"{p}: checkpoint has no weight files (*.safetensors)")
-    return p
 
 
 def load_tokenizer(path: str | os.PathLike[str], padding_side: str = "left") -> Any:
@@ -70,8 +48,6 @@ def load_model(path: str | os.PathLike[str], device: str = "auto", dtype: Any = 
     """Load a causal LM (stock, or pruned to per-layer widths) in eval mode on the resolved device."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from taskprune.arch import get_adapter
-
     check_checkpoint_dir(path)
     torch_device, default_dtype = resolve_device(device)
     dtype = dtype or default_dtype
@@ -81,9 +57,7 @@ def load_model(path: str | os.PathLike[str], device: str = "auto", dtype: Any = 
         raise ModelError(f"{path}: cannot read the model config ({_first_line(exc)})") from exc
     get_adapter(config)  # an unsupported architecture fails here, in one line, before loading weights
     try:
-        if getattr(config, "taskprune_layer_widths", None):
-            from taskprune.checkpoint import load_pruned  # per-layer widths need our loader
-
+        if getattr(config, LAYER_WIDTHS_KEY, None):  # per-layer widths need our loader
             model = load_pruned(path, dtype=dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
@@ -95,6 +69,17 @@ def load_model(path: str | os.PathLike[str], device: str = "auto", dtype: Any = 
             f"{path}: cannot load the weights from {files} ({type(exc).__name__}: {_first_line(exc)})"
         ) from exc
     return model.to(torch_device).eval()
+
+
+def shape_family_config_class(model_type: str) -> Any:
+    """The transformers config class a bench shape family of ``model_type`` is built with (``KeyError`` for a
+    type not in :data:`~taskprune.model.arch.SHAPE_FAMILY_TYPES`)."""
+    import transformers
+
+    name = ARCHITECTURES[model_type].numbers_config
+    if name is None:
+        raise KeyError(model_type)
+    return getattr(transformers, name)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from taskprune.model.loading import model_context_length
+
 logger = logging.getLogger(__name__)
 
 
@@ -86,14 +88,6 @@ def plan_batches(lengths: Sequence[int], max_new_tokens: int, batch_size: int, t
     if current:
         batches.append(current)
     return batches
-
-
-def _max_positions(config: Any) -> int | None:
-    for key in ("max_position_embeddings", "n_positions"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 class _StopChecker:
@@ -261,7 +255,7 @@ def generate(
     if not prompts:
         return []
     encoded = encode_prompts(tokenizer, prompts, chat_template)
-    limit = _max_positions(model.config)
+    limit = model_context_length(model.config)
     if limit is not None:
         keep = max(limit - max_new_tokens, 1)
         too_long = sum(len(r) > keep for r in encoded)

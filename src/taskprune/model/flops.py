@@ -31,12 +31,14 @@ base/variant ratio is the ideal speedup of a bandwidth-bound phase.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from taskprune.arch import get_adapter, mlp_width, num_layers
 from taskprune.errors import ModelError
+from taskprune.model.arch import MLPKind, get_architecture, mlp_width, num_layers
+from taskprune.model.checkpoint import LAYER_WIDTHS_KEY, checkpoint_widths, resolve_checkpoint
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class ModelShape:
     num_kv_heads: int
     head_dim: int
     mlp_widths: tuple[int, ...]  # d_ff of every decoder layer, in order
-    gated_mlp: bool  # gate/up/down (3 matrices) vs in/out (2 matrices)
+    mlp_kind: MLPKind  # how the MLP holds its neurons: gate/up/down (3 matrices) vs in/out (2 matrices)
     tied_embeddings: bool  # lm_head shares the input embedding matrix
     qkv_bias: bool
     o_bias: bool
@@ -106,11 +108,11 @@ def shape_from_config(config: Any, mlp_widths: Sequence[int] | None = None) -> M
     by per-layer pruning) or else its uniform ``intermediate_size`` / ``n_inner``.
     """
     config = _text_config(config)
-    adapter = get_adapter(config)
+    architecture = get_architecture(config)
     model_type = config.model_type
     layers = num_layers(config)
     if mlp_widths is None:
-        stored = getattr(config, "taskprune_layer_widths", None)
+        stored = getattr(config, LAYER_WIDTHS_KEY, None)
         mlp_widths = list(stored) if stored else [mlp_width(config)] * layers
     widths = tuple(int(w) for w in mlp_widths)
     if len(widths) != layers:
@@ -123,28 +125,9 @@ def shape_from_config(config: Any, mlp_widths: Sequence[int] | None = None) -> M
     kv_heads = int(_first(config, "num_key_value_heads", default=heads))
     head_dim = int(_first(config, "head_dim", default=hidden // heads))
     tied = bool(getattr(config, "tie_word_embeddings", False))
-    learned_positions = 0
-
-    if model_type in ("llama", "gemma"):
-        qkv_bias = o_bias = bool(getattr(config, "attention_bias", False))
-        mlp_bias = bool(getattr(config, "mlp_bias", False))
-        norm = 1
-    elif model_type == "qwen2":
-        qkv_bias, o_bias, mlp_bias, norm = True, False, False, 1
-    elif model_type in ("mistral", "phi3"):
-        qkv_bias, o_bias, mlp_bias, norm = False, False, False, 1
-    elif model_type == "gpt2":
-        qkv_bias, o_bias, mlp_bias, norm = True, True, True, 2
+    counting = architecture.counting(config)
+    if counting.full_heads:
         kv_heads, head_dim = heads, hidden // heads
-        learned_positions = int(config.n_positions)
-        if getattr(config, "add_cross_attention", False):
-            raise ModelError("gpt2 with add_cross_attention is an encoder-decoder model, not a causal LM")
-    elif model_type == "gpt_neox":
-        qkv_bias = o_bias = bool(getattr(config, "attention_bias", True))
-        mlp_bias, norm = True, 2
-        kv_heads, head_dim = heads, hidden // heads
-    else:  # an adapter without a counting rule: fail loudly rather than count wrong
-        raise ModelError(f"no parameter/FLOP formula for model type '{model_type}'")
 
     return ModelShape(
         model_type=model_type,
@@ -154,26 +137,35 @@ def shape_from_config(config: Any, mlp_widths: Sequence[int] | None = None) -> M
         num_kv_heads=kv_heads,
         head_dim=head_dim,
         mlp_widths=widths,
-        gated_mlp=adapter.gated,
+        mlp_kind=architecture.mlp.mlp_kind,
         tied_embeddings=tied,
-        qkv_bias=qkv_bias,
-        o_bias=o_bias,
-        mlp_bias=mlp_bias,
-        norm_params_per_vector=norm,
-        learned_positions=learned_positions,
-        attention_windows=_attention_windows(config, layers),
+        qkv_bias=counting.qkv_bias,
+        o_bias=counting.o_bias,
+        mlp_bias=counting.mlp_bias,
+        norm_params_per_vector=counting.norm_params_per_vector,
+        learned_positions=counting.learned_positions,
+        attention_windows=_attention_windows(config, layers, counting.window_all_layers),
     )
 
 
-def _attention_windows(config: Any, layers: int) -> tuple[int | None, ...]:
+def _attention_windows(config: Any, layers: int, window_all_layers: bool) -> tuple[int | None, ...]:
     """Sliding-window size per layer (``None`` = full causal attention)."""
     window = getattr(config, "sliding_window", None)
     layer_types = getattr(config, "layer_types", None)
     if layer_types:
         return tuple(window if t == "sliding_attention" else None for t in layer_types)
-    if config.model_type == "mistral" and window:
+    if window_all_layers and window:
         return (int(window),) * layers
     return (None,) * layers
+
+
+def checkpoint_shape(path: str | os.PathLike[str]) -> ModelShape:
+    """The :class:`ModelShape` of a checkpoint directory (or hub id), widths from its weights' headers."""
+    from transformers import AutoConfig
+
+    local = resolve_checkpoint(path, "bench")
+    config = AutoConfig.from_pretrained(str(local))
+    return shape_from_config(config, checkpoint_widths(local, config))
 
 
 # ------------------------------------------------------------------------------------ parameters
@@ -181,15 +173,9 @@ def _attention_windows(config: Any, layers: int) -> tuple[int | None, ...]:
 
 def mlp_params_per_layer(shape: ModelShape) -> list[int]:
     """Parameters of each layer's MLP: ``3 d f`` (gated) or ``2 d f`` (plain), plus biases ``f + d``
-    (plain: in-proj bias ``f``, out-proj bias ``d``; gated with bias: ``2 f + d``)."""
-    d = shape.hidden_size
-    out = []
-    for f in shape.mlp_widths:
-        n_in = 2 if shape.gated_mlp else 1  # gate + up, or the single input projection
-        weights = (n_in + 1) * d * f
-        biases = (n_in * f + d) if shape.mlp_bias else 0
-        out.append(weights + biases)
-    return out
+    (plain: in-proj bias ``f``, out-proj bias ``d``; gated with bias: ``2 f + d``); see :class:`MLPKind`."""
+    d, kind = shape.hidden_size, shape.mlp_kind
+    return [kind.weight_params(d, f) + (kind.bias_params(d, f) if shape.mlp_bias else 0) for f in shape.mlp_widths]
 
 
 def attention_params_per_layer(shape: ModelShape) -> int:
@@ -219,7 +205,7 @@ def matmul_flops_per_token(shape: ModelShape, with_logits: bool = True) -> int:
     """``2 x`` the weights every token multiplies: projections, MLPs, and (optionally) the LM head."""
     d = shape.hidden_size
     per_layer_proj = d * (shape.q_width + 2 * shape.kv_width) + shape.q_width * d
-    mlp = sum((3 if shape.gated_mlp else 2) * d * f for f in shape.mlp_widths)
+    mlp = sum(shape.mlp_kind.weight_params(d, f) for f in shape.mlp_widths)
     head = shape.vocab_size * d if with_logits else 0
     return 2 * (shape.num_layers * per_layer_proj + mlp + head)
 
