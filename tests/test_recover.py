@@ -15,26 +15,24 @@ pytest.importorskip("peft")
 
 from taskprune.config import RecoveryConfig, RecoveryTaskConfig  # noqa: E402
 from taskprune.errors import DataError  # noqa: E402
+from taskprune.recipes import RECIPES  # noqa: E402
 from taskprune.recover import (  # noqa: E402
+    planned_steps,
+    save_recovered,
+    task_hyperparameters,
+)
+from taskprune.recovery import losses  # noqa: E402
+from taskprune.recovery.data import (  # noqa: E402
     MIN_SUBSTRING_CHARS,
-    RECIPES,
-    StepContext,
     TrainingExample,
-    add_lora,
     batch_order,
     build_examples,
     check_no_eval_leak,
     collate,
-    completion_loss,
-    count_parameters,
-    merge_lora,
-    planned_steps,
-    recipe_loss,
-    save_recovered,
     split_microbatches,
-    task_hyperparameters,
-    train_lora,
 )
+from taskprune.recovery.lora import add_lora, completion_loss, count_parameters, merge_lora, train_lora  # noqa: E402
+from taskprune.recovery.losses import StepContext, recipe_loss  # noqa: E402
 
 VOCAB = 96  # tiny_config's default vocabulary size
 PAD, BOS, EOS = 0, 1, 2
@@ -565,9 +563,6 @@ def test_cli_reports_a_missing_checkpoint_in_one_line(task_files, capsys):
 
 
 def test_every_recipe_names_a_loss_function_of_recover():
-    """The registry (importable without torch) names each recipe's loss; recover must define it."""
-    from taskprune import recover
-    from taskprune.recipes import RECIPES
-
+    """The registry (importable without torch) names each recipe's loss; recovery.losses must define it."""
     for recipe in RECIPES.values():
-        assert callable(getattr(recover, recipe.loss, None)) and recover.recipe_loss(recipe), recipe
+        assert callable(getattr(losses, recipe.loss, None)) and losses.recipe_loss(recipe), recipe

@@ -26,7 +26,7 @@ PHASES: tuple[str, ...] = ("prefill", "decode")
 def add_arguments(parser: Any) -> None:
     import argparse
 
-    from taskprune.config import add_config_arguments
+    from taskprune.options import add_config_arguments
 
     sub = parser.add_subparsers(dest="action", required=True, metavar="{measure,family,gather,profile,compare}")
     measure = sub.add_parser(
@@ -117,8 +117,9 @@ def add_arguments(parser: Any) -> None:
 
 
 def run(args: Any) -> int:
-    from taskprune.config import BenchConfig, stage_options
+    from taskprune.config import BenchConfig
     from taskprune.io import write_parquet
+    from taskprune.options import stage_options
     from taskprune.perf.measure import compare_paired, measure_variant, profile_phase
 
     if args.action == "gather":

@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from taskprune.config import add_config_arguments
+    from taskprune.options import add_config_arguments
 
     parser.add_argument("--model-path", help="model checkpoint to benchmark (e.g. results/models/tiny-math)")
     parser.add_argument("--random-llama", action="store_true",
@@ -58,10 +58,11 @@ def run(args: argparse.Namespace) -> int:
     import polars as pl
     import torch
 
-    from taskprune.config import EvaluationConfig, stage_options
+    from taskprune.config import EvaluationConfig
     from taskprune.errors import ConfigError
     from taskprune.io import write_parquet
     from taskprune.model.loading import load_model, load_tokenizer
+    from taskprune.options import stage_options
 
     opts = stage_options(args, {"evaluation": EvaluationConfig, "device": "auto"})
     if args.threads:

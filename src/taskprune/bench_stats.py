@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: Any) -> None:
-    from taskprune.config import add_config_arguments
+    from taskprune.options import add_config_arguments
 
     parser.add_argument("--run", nargs=3, action="append", default=[], metavar=("NAME", "MODEL_DIR", "DATA"),
                         help="a model to benchmark: its name, checkpoint and prompt Parquet (repeatable)")
@@ -43,8 +43,9 @@ def run(args: Any) -> int:
     import polars as pl
     import torch
 
-    from taskprune.config import StatsConfig, stage_options
+    from taskprune.config import StatsConfig
     from taskprune.io import write_parquet
+    from taskprune.options import stage_options
     from taskprune.stats import _chat_template_flag, _chat_template_option
 
     opts = stage_options(args, {"stats": StatsConfig, "device": "auto", "chat_template": False, "model": None})

@@ -126,7 +126,7 @@ def prepare_task(task: str, cfg: TaskConfig, data: DataConfig, out_dir: str | Pa
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from taskprune.config import add_config_arguments
+    from taskprune.options import add_config_arguments
 
     parser.add_argument("--task", required=True, help="task name (a key of the config's 'tasks')")
     parser.add_argument("--out-dir", required=True, help="directory for train/calibration/validation/eval.parquet")
@@ -135,7 +135,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from taskprune.config import load_config, stage_options
+    from taskprune.config import load_config
+    from taskprune.options import stage_options
 
     if getattr(args, "config", None):
         cfg = load_config(*args.config)

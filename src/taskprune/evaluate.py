@@ -231,7 +231,7 @@ SAMPLING_TEMPERATURE = 0.8
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from taskprune.config import add_config_arguments
+    from taskprune.options import add_config_arguments
 
     parser.add_argument("--variant", required=True, help="variant path: {model}/base or {model}/{method}/{level}/{seed}[/recovered-{recipe}]")
     parser.add_argument("--model-path", "--checkpoint", dest="model_path", required=True,
@@ -330,11 +330,12 @@ def variant_columns(variant: Any) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from taskprune.config import EvaluationConfig, stage_options
+    from taskprune.config import EvaluationConfig
     from taskprune.io import write_parquet
     from taskprune.metrics import metrics_frame
     from taskprune.model.generate import generate
     from taskprune.model.loading import load_model, load_tokenizer
+    from taskprune.options import stage_options
     from taskprune.tasks.sandbox import protection as sandbox_protection
     from taskprune.tasks.sandbox import run_programs
 

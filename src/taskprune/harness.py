@@ -186,7 +186,7 @@ def evaluate_lm(lm: Any, harness: Any, local: dict[str, Path], task_dir: Path, c
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from taskprune.config import add_config_arguments
+    from taskprune.options import add_config_arguments
 
     parser.add_argument("--variant", required=True, help="variant path: {model}/base or {model}/{method}/{level}/{seed}[/recovered-{recipe}]")
     parser.add_argument("--model-path", "--checkpoint", dest="model_path", required=True,
@@ -200,7 +200,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_local_tasks(values: Sequence[str]) -> dict[str, Path]:
-    from taskprune.config import parse_assignments
+    from taskprune.options import parse_assignments
 
     local: dict[str, Path] = {}
     for name, path in parse_assignments(values, "--local-task", "NAME=PATH (e.g. taskprune_math=results/data/math/eval.parquet)").items():
@@ -211,10 +211,11 @@ def parse_local_tasks(values: Sequence[str]) -> dict[str, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from taskprune.config import HarnessConfig, stage_options
+    from taskprune.config import HarnessConfig
     from taskprune.evaluate import variant_columns, variant_from_arg
     from taskprune.io import write_parquet
     from taskprune.metrics import metrics_frame
+    from taskprune.options import stage_options
     from taskprune.tasks.metric_names import HARNESS_TASK_PREFIX
 
     variant = variant_from_arg(args.variant)

@@ -251,8 +251,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from taskprune.config import parse_assignments
     from taskprune.io import write_parquet
+    from taskprune.options import parse_assignments
 
     paths = [Path(p) for p in args.inputs]
     if args.eval_dir:

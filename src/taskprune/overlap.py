@@ -178,8 +178,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from taskprune.config import parse_assignments
     from taskprune.io import write_parquet
+    from taskprune.options import parse_assignments
 
     specialists = {n: read_score_layers(p) for n, p in parse_assignments(args.specialist, "--specialist", "NAME=PARQUET").items()}
     general = {n: read_score_layers(p) for n, p in parse_assignments(args.generalist_scores, "--generalist-scores", "NAME=PARQUET").items()}

@@ -366,7 +366,7 @@ def copy_side_files(src: Path, dst: Path) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from taskprune.config import add_config_arguments
+    from taskprune.options import add_config_arguments
 
     parser.add_argument("--checkpoint", required=True, help="base model: checkpoint directory (or hub id)")
     parser.add_argument("--scores", help="score table layer, neuron, score (Parquet); not used by 'random'")
@@ -380,7 +380,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from taskprune.config import PruningConfig, parse_method, stage_options
+    from taskprune.config import PruningConfig, parse_method
+    from taskprune.options import stage_options
 
     options = stage_options(args, {"pruning": PruningConfig}).pruning
     try:

@@ -1,9 +1,9 @@
 """The registry of recovery recipes (``recovery.methods`` in the config), importable without torch.
 
 Why a module of its own: the config schema checks recipe names against this registry, and every stage
-imports the config, so the registry must not pull in the training code (``taskprune.recover``, which
+imports the config, so the registry must not pull in the training code (``taskprune.recovery``, which
 imports torch and peft) — a data or analysis job, and its conda environment, would otherwise depend on
-them. Each recipe names the loss function that implements it in :mod:`taskprune.recover`.
+them. Each recipe names the loss function that implements it in :mod:`taskprune.recovery.losses`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ class Recipe:
     name: str
     description: str
     needs_teacher: bool  # distils from the unpruned base model (its logits are computed on the fly)
-    loss: str  # name of the loss function in taskprune.recover: (peft student, micro-batch, context) -> loss
+    loss: str  # name of the loss function in taskprune.recovery.losses: (peft student, micro-batch, context) -> loss
 
 
 #: The one registry of recovery recipes (``recovery.methods``).

@@ -202,7 +202,7 @@ def compute_scores(
 
 
 def add_arguments(parser: Any) -> None:
-    from taskprune.config import add_config_arguments
+    from taskprune.options import add_config_arguments
 
     parser.add_argument("--method", required=True, choices=SCORE_METHODS, help="score to compute")
     parser.add_argument("--target", required=True, help="statistics Parquet of the model on its target task")
@@ -218,8 +218,9 @@ def add_arguments(parser: Any) -> None:
 
 
 def run(args: Any) -> int:
-    from taskprune.config import ScoresConfig, stage_options
+    from taskprune.config import ScoresConfig
     from taskprune.io import write_parquet
+    from taskprune.options import stage_options
     from taskprune.stats import read_stats
 
     opts = stage_options(args, {"scores": ScoresConfig})

@@ -587,7 +587,7 @@ def _chat_template_flag(value: Any) -> bool:
 
 
 def add_arguments(parser: Any) -> None:
-    from taskprune.config import add_config_arguments
+    from taskprune.options import add_config_arguments
 
     parser.add_argument("--model-path", required=True, help="checkpoint directory (or hub id) of the model")
     parser.add_argument("--data", required=True, help="dataset Parquet with a 'prompt' column (e.g. calibration)")
@@ -600,8 +600,9 @@ def add_arguments(parser: Any) -> None:
 def run(args: Any) -> int:
     import torch
 
-    from taskprune.config import StatsConfig, stage_options
+    from taskprune.config import StatsConfig
     from taskprune.io import write_parquet
+    from taskprune.options import stage_options
 
     sections = {"stats": StatsConfig, "device": "auto", "chat_template": False, "model": None}
     opts = stage_options(args, sections, model=args.model)

@@ -541,7 +541,7 @@ def _plot_loss(loss_df: Any, path: Path, name: str) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from taskprune.config import add_config_arguments
+    from taskprune.options import add_config_arguments
 
     parser.add_argument("--model", required=True, help="model name (a key of the config's 'models' or 'generalists')")
     parser.add_argument(
@@ -558,7 +558,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from taskprune.config import GeneralistConfig, load_config, read_options, stage_options, validate_section
+    from taskprune.config import GeneralistConfig, load_config, validate_section
+    from taskprune.options import read_options, stage_options
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sections: dict[str, Any] = {"tasks": {}, "evaluation": EvaluationConfig, "device": "auto"}
