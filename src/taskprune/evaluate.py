@@ -424,7 +424,7 @@ def run(args: argparse.Namespace) -> int:
             _finish_task(out_dir, task, kind, df, meta, variant, metric_rows, n_samples)
     order = {t: i for i, t in enumerate(tasks)}
     metrics = metrics_frame(sorted(metric_rows, key=lambda r: order[r["task"]]))
-    # the recipe of a recovered variant (null otherwise), read by the gather step (metrics.with_recovery)
+    # the recipe of a recovered variant (null otherwise), read by the gather step (recipes.with_recovery)
     metrics = metrics.with_columns(pl.lit(variant.recovery, dtype=pl.String).alias("recovery"))
     # the seeds behind the numbers: bootstrap CIs and pass@k sampling use fixed seeds (0)
     write_parquet(metrics, out_dir / "metrics.parquet",

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from taskprune.errors import DataError
-from taskprune.recipes import PAPER_RECIPE
+from taskprune.recipes import with_recovery
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +79,6 @@ ITEMS_COLUMNS: dict[str, str] = {
 }
 ITEMS_KEY: tuple[str, ...] = ("model", "method", "level", "seed", "stage", "recovery", "task", "id")
 ROLES = ("target", "distractor")
-#: Recipe of a recovered variant whose evaluation does not name one (before recipes were configurable).
-DEFAULT_RECOVERY = PAPER_RECIPE
 
 
 def metrics_schema() -> Any:
@@ -115,20 +113,6 @@ def validate_metrics(df: Any, source: str) -> Any:
         key = "/".join(str(first[k]) for k in METRICS_KEY)
         raise DataError(f"{source}: duplicated metrics row {key}")
     return df
-
-
-def with_recovery(df: Any) -> Any:
-    """Add the ``recovery`` column: the file's own value, else the default recipe for recovered rows."""
-    import polars as pl
-
-    if "recovery" not in df.columns:
-        df = df.with_columns(pl.lit(None, dtype=pl.String).alias("recovery"))
-    return df.with_columns(
-        pl.when(pl.col("stage") == "recovered")
-        .then(pl.col("recovery").cast(pl.String).fill_null(DEFAULT_RECOVERY))
-        .otherwise(None)
-        .alias("recovery")
-    )
 
 
 def item_scores(kind: str, role: str, df: Any) -> tuple[str, Any]:

@@ -9,6 +9,7 @@ them. Each recipe names the loss function that implements it in :mod:`taskprune.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -34,3 +35,18 @@ RECIPES: dict[str, Recipe] = {
 
 #: The paper's recipe: what its recovery claim (and every figure that does not split by recipe) reads.
 PAPER_RECIPE = "lora"
+
+
+def with_recovery(df: Any) -> Any:  # a polars DataFrame
+    """Add the ``recovery`` column: the file's own value, else the paper's recipe for recovered rows (an
+    evaluation written before recipes were configurable names none)."""
+    import polars as pl
+
+    if "recovery" not in df.columns:
+        df = df.with_columns(pl.lit(None, dtype=pl.String).alias("recovery"))
+    return df.with_columns(
+        pl.when(pl.col("stage") == "recovered")
+        .then(pl.col("recovery").cast(pl.String).fill_null(PAPER_RECIPE))
+        .otherwise(None)
+        .alias("recovery")
+    )

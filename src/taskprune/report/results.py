@@ -175,7 +175,7 @@ class Results:
                  scores: dict[tuple[str, str], pl.DataFrame] | None = None,
                  manifests: pl.DataFrame | None = None, widths: dict[str, list[int]] | None = None,
                  findings: dict[str, Any] | None = None, overlap: pl.DataFrame | None = None) -> None:  # fmt: skip
-        from taskprune.metrics import with_recovery
+        from taskprune.recipes import with_recovery
 
         if "role" in metrics.columns:  # a target-kind distractor's accuracy is not the model's accuracy
             metrics = metrics.filter(~((pl.col("metric") == "accuracy") & (pl.col("role") == "distractor")))
