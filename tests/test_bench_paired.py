@@ -112,6 +112,7 @@ def test_shapes_model_is_pruned_like_a_pipeline_checkpoint(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from taskprune import prune
+    from taskprune.model import pruning
 
     base = paired.build_shapes_model(NUMBERS, None, None)
     assert type(base).__name__ == "Qwen2ForCausalLM"
@@ -120,12 +121,12 @@ def test_shapes_model_is_pruned_like_a_pipeline_checkpoint(tmp_path):
     assert counts.total == sum(p.numel() for p in base.parameters())
     base.save_pretrained(tmp_path / "base")
     layout = prune.read_layout(tmp_path / "base")
-    plan = prune.plan_pruning("random", Level.from_label("35.71"), layout.widths, PruningConfig(levels=[35.71]),
+    plan = pruning.plan_pruning("random", Level.from_label("35.71"), layout.widths, PruningConfig(levels=[35.71]),
                               seed=paired.SYNTHETIC_SEED)  # fmt: skip
     prune.write_pruned_checkpoint(layout, plan, tmp_path / "pruned", record={})
     expected = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned").eval()
     got = paired.build_shapes_model(NUMBERS, "35.71", None)
-    assert got.config.intermediate_size == 320 - prune.removal_count(Level.from_label("35.71"), 320) == 206
+    assert got.config.intermediate_size == 320 - pruning.removal_count(Level.from_label("35.71"), 320) == 206
     got_state, want_state = got.state_dict(), expected.state_dict()
     assert set(got_state) == set(want_state)
     for key, tensor in want_state.items():

@@ -15,8 +15,8 @@ from safetensors import safe_open
 from taskprune.cli import main
 from taskprune.config import ScoresConfig, parse_method, validate_section
 from taskprune.errors import ConfigError
+from taskprune.model.activations import collect_stats
 from taskprune.score_methods import SCORE_METHODS, ScoreMethod
-from taskprune.stats import collect_stats
 
 D_FF, LEVEL = 80, "25"  # k = 20 neurons per layer
 

@@ -24,12 +24,7 @@ from safetensors import safe_open
 from taskprune.cli import main
 from taskprune.levels import Level
 from taskprune.model.checkpoint import load_pruned
-from taskprune.prune import (
-    removal_count,
-    select_global,
-    select_uniform,
-    width_floors,
-)
+from taskprune.model.pruning import removal_count, select_global, select_uniform, width_floors
 
 D_FF = 80
 LAYERS = 2
@@ -239,7 +234,8 @@ def test_numpy_and_torch_backends_write_identical_tensors(tmp_path: Path, arch_n
     from types import SimpleNamespace
 
     from taskprune.model.checkpoint import read_layout
-    from taskprune.prune import plan_pruning, write_pruned_checkpoint
+    from taskprune.model.pruning import plan_pruning
+    from taskprune.prune import write_pruned_checkpoint
 
     _, base_dir = save_base(tmp_path, arch_name)
     layout = read_layout(base_dir)

@@ -10,8 +10,8 @@ from test_stats import VOCAB, brute_force_per_prompt, out_proj_norms, random_pro
 
 from taskprune.cli import main
 from taskprune.errors import ConfigError, DataError, ModelError
+from taskprune.model.activations import ActivationStats, collect_stats, read_stats
 from taskprune.scores import check_compatible, compute_scores, pool
-from taskprune.stats import ActivationStats, collect_stats, read_stats
 
 EPS = 1e-6
 

@@ -20,7 +20,7 @@ from transformers.activations import ACT2FN
 from taskprune.cli import main
 from taskprune.errors import DataError, ModelError
 from taskprune.model import arch as arch_mod
-from taskprune.stats import (
+from taskprune.model.activations import (
     ActivationStats,
     collect_stats,
     load_prompts,
@@ -166,7 +166,7 @@ def test_batch_size_and_padding_side_do_not_matter(arch_name, prompts):
 
 
 def test_cpu_chunking_does_not_change_the_numbers(prompts, monkeypatch):
-    from taskprune.stats import StatsCollector
+    from taskprune.model.activations import StatsCollector
 
     model = tiny_model("mistral", vocab_size=VOCAB).double()
     whole = collect_stats(model, prompts, max_batch_size=32, progress=False)
@@ -387,8 +387,8 @@ def test_adapter_weights_match_the_modules(arch):
 
 def test_paper_baseline_agrees_with_streamed_stats(arch, prompts):
     """The benchmark's baseline (recompute gate/up, keep per-prompt arrays) computes the same numbers."""
+    from taskprune.model.activations import iter_padded_batches
     from taskprune.perf.stats_bench import run_paper
-    from taskprune.stats import iter_padded_batches
 
     model = tiny_model(arch, vocab_size=VOCAB).double()
     ours = collect_stats(model, prompts, max_batch_size=8, progress=False)

@@ -11,7 +11,7 @@ Rows of ``results/tables/neuron_overlap.parquet`` (one per layer and one with ``
 ``analysis = "jaccard"``
     For each reverse level ``L`` (``pruning.levels``) and layer: the sets ``A``, ``B`` of the ``k =
     round(L/100 * d_ff)`` most selective neurons of two models (exactly the neurons ``reverse`` pruning
-    removes: :func:`taskprune.prune.select_uniform`), ``value = |A & B| / |A | B|``. ``chance`` is the
+    removes: :func:`taskprune.model.pruning.select_uniform`), ``value = |A & B| / |A | B|``. ``chance`` is the
     **exact** expectation of that Jaccard index for two independent uniformly random k-subsets of the
     layer's d_ff neurons: ``|A & B| = I ~ Hypergeometric(d_ff, k, k)`` and ``E[I / (2k - I)] = sum_i
     P(I = i) i / (2k - i)``. ``expected_intersection`` is ``E[I] = k^2 / d_ff``. For all layers the index
@@ -91,7 +91,7 @@ def chance_jaccard(ks: list[int], widths: list[int]) -> float:
 
 def _jaccard_rows(name_a: str, name_b: str, scores_a: list[np.ndarray], scores_b: list[np.ndarray],
                   levels: list[Level], multiple_of: int) -> list[dict[str, Any]]:  # fmt: skip
-    from taskprune.prune import removal_count, select_uniform
+    from taskprune.model.pruning import removal_count, select_uniform
 
     widths = [s.size for s in scores_a]
     if widths != [s.size for s in scores_b]:

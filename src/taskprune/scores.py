@@ -220,8 +220,8 @@ def add_arguments(parser: Any) -> None:
 def run(args: Any) -> int:
     from taskprune.config import ScoresConfig
     from taskprune.io import write_parquet
+    from taskprune.model.activations import read_stats
     from taskprune.options import stage_options
-    from taskprune.stats import read_stats
 
     opts = stage_options(args, {"scores": ScoresConfig})
     cfg: ScoresConfig = opts.scores

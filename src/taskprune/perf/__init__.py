@@ -9,7 +9,7 @@
 - :mod:`~taskprune.perf.gather`: ``results/bench/efficiency.parquet`` from those;
 - :mod:`~taskprune.perf.stats_bench`, :mod:`~taskprune.perf.generation_bench`: statistics collection and
   batched generation against their baselines;
-- :mod:`~taskprune.perf.hooks`: forward hooks held for a ``with`` block (shared with :mod:`taskprune.stats`).
+- :mod:`~taskprune.model.hooks`: forward hooks held for a ``with`` block (shared with :mod:`taskprune.stats`).
 
 Who may import it: the stage modules and :mod:`taskprune.worker` (isolation). Planning which shapes are
 measured is the grid's (:func:`taskprune.grid.bench_plan`, :func:`taskprune.grid.family_plans`), so the

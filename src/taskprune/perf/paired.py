@@ -24,7 +24,7 @@ Where the models come from:
 
 - **Shapes from numbers** (``bench.shapes``): a stock transformers model (``LlamaForCausalLM`` /
   ``Qwen2ForCausalLM``) with random weights, pruned at each level in memory by the pipeline's own uniform
-  rule (:func:`taskprune.prune.plan_pruning`) and tensor slicing (:func:`taskprune.prune._slice_tensor`).
+  rule (:func:`taskprune.model.pruning.plan_pruning`) and tensor slicing (:func:`taskprune.model.pruning.slice_tensor`).
   No download: the paper's Qwen2.5-1.5B is measured from its published shape.
 - **Checkpoints** (``bench.shapes`` unset, e.g. the paper setup): the base model and one pruned checkpoint
   per level (:func:`taskprune.grid.bench_plan` picks it), loaded as the pipeline saved them.
@@ -142,7 +142,7 @@ def build_shapes_model(numbers: dict[str, Any], level: str | None, layers: int |
     from taskprune.model.arch import get_adapter, mlp_modules
     from taskprune.model.checkpoint import _sync_shape_attributes, layer_widths
     from taskprune.model.loading import shape_family_config_class
-    from taskprune.prune import _slice_tensor, plan_pruning
+    from taskprune.model.pruning import plan_pruning, slice_tensor
 
     config_class = shape_family_config_class(numbers["model_type"])
     depth = int(layers or numbers["num_hidden_layers"])
@@ -175,7 +175,7 @@ def build_shapes_model(numbers: dict[str, Any], level: str | None, layers: int |
                     for param in ("weight", "bias"):
                         tensor = getattr(module, param, None)
                         if tensor is not None:
-                            sliced = _slice_tensor(tensor.data, adapter, proj, param, keep, width)
+                            sliced = slice_tensor(tensor.data, adapter, proj, param, keep, width)
                             setattr(module, param, torch.nn.Parameter(sliced, requires_grad=False))
                     _sync_shape_attributes(module)
                 if hasattr(mlp, "intermediate_size"):

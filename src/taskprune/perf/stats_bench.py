@@ -6,7 +6,7 @@ batches (the decoder stack without the LM head, ``torch.inference_mode()``, no K
 ``plain_forward``
     the forward alone, no hooks: the ceiling.
 ``taskprune_stats``
-    :func:`taskprune.stats.collect_stats_over`: one pre-hook per layer on the MLP output projection,
+    :func:`taskprune.model.activations.collect_stats_over`: one pre-hook per layer on the MLP output projection,
     streamed float64 moments, nothing per prompt kept.
 ``paper_hooks``
     the paper's approach as described: a hook on each MLP that *recomputes* ``act(gate(x)) * up(x)`` from
@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from taskprune.errors import DataError
-from taskprune.perf.hooks import HookSet
+from taskprune.model.hooks import HookSet
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def run_plain(model: Any, batches: Iterable[Any]) -> None:
     import torch
 
     from taskprune.model import arch
-    from taskprune.stats import forward_backbone
+    from taskprune.model.activations import forward_backbone
 
     stack = arch.backbone(model)
     device = next(model.parameters()).device
@@ -137,7 +137,7 @@ def run_plain(model: Any, batches: Iterable[Any]) -> None:
 
 
 def run_taskprune(model: Any, batches: Iterable[Any]) -> Any:
-    from taskprune.stats import collect_stats_over
+    from taskprune.model.activations import collect_stats_over
 
     stats = collect_stats_over(model, batches, progress=False)  # ends with a device -> host copy
     return stats
@@ -147,7 +147,7 @@ def run_paper(model: Any, batches: Iterable[Any]) -> Any:
     import torch
 
     from taskprune.model import arch
-    from taskprune.stats import forward_backbone
+    from taskprune.model.activations import forward_backbone
 
     stack = arch.backbone(model)
     device = next(model.parameters()).device
@@ -173,7 +173,7 @@ def prepare_batches(
 ) -> Any:
     """Tokenized, length-sorted, token-budget batches: a list padded once for every approach, or (``lazy``)
     a generator that pads each batch when it is needed, as ``taskprune stats`` does."""
-    from taskprune.stats import iter_padded_batches, plan_batches, tokenize_prompts
+    from taskprune.model.activations import iter_padded_batches, plan_batches, tokenize_prompts
 
     tokenized = tokenize_prompts(tokenizer, prompts, max_length=stats_cfg.max_length, chat_template=chat_template)
     plan = plan_batches(
@@ -252,7 +252,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from taskprune.config import StatsConfig
-    from taskprune.stats import load_model_and_tokenizer
+    from taskprune.model.activations import load_model_and_tokenizer
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
@@ -309,7 +309,7 @@ def measure_peak_memory(spec: dict[str, Any]) -> dict[str, Any]:
 
 def cycled_prompts(data: str, n: int) -> list[str]:
     """The first ``n`` prompts of ``data`` (for_stats rows of a calibration file), cycled if too few."""
-    from taskprune.stats import load_prompts
+    from taskprune.model.activations import load_prompts
 
     prompts = load_prompts(data)
     return [prompts[i % len(prompts)] for i in range(n)]
@@ -335,7 +335,7 @@ def benchmark_model(
     """All rows for one model."""
     import torch
 
-    from taskprune.stats import load_model_and_tokenizer
+    from taskprune.model.activations import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(model_path, device)
     dev = next(model.parameters()).device

@@ -1,6 +1,6 @@
 """Forward hooks installed on a model's modules for the duration of a ``with`` block.
 
-:class:`taskprune.stats.StatsCollector` (the pipeline's statistics) and
+:class:`taskprune.model.activations.StatsCollector` (the pipeline's statistics) and
 :class:`taskprune.perf.stats_bench.PaperHooks` (the paper's baseline it is benchmarked against) both
 subclass :class:`HookSet`. Torch-free; may be imported by anything.
 """
