@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from taskprune import grid
 from taskprune.errors import DataError, ModelError
-from taskprune.model import flops
+from taskprune.model import checkpoint, flops
 from taskprune.model.arch import get_adapter, mlp_modules
 from taskprune.perf import engines as perf_engines
 from taskprune.perf import measure as pmeasure
@@ -248,8 +248,8 @@ def test_checkpoint_widths_read_from_headers(arch, tmp_path):
     widths = [37, 61]
     path = save(shrink_mlps(tiny_model(arch), widths), tmp_path / arch)
     config = tiny_config(arch)
-    assert pmeasure.checkpoint_widths(path, config) == widths
-    assert pmeasure.bytes_on_disk(path) == sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    assert checkpoint.checkpoint_widths(path, config) == widths
+    assert checkpoint.bytes_on_disk(path) == sum(f.stat().st_size for f in path.glob("*.safetensors"))
 
 
 TINY_BENCH = {
@@ -330,13 +330,13 @@ def test_bench_measure_writes_well_formed_rows(tmp_path, monkeypatch):
     rows = {r["variant"]: r for r in df.iter_rows(named=True)}
     measured = rows["m/selective/35/0"]
     assert (measured["params_total"], measured["params_mlp"]) == counted_params(tiny_model("llama", d_ff=52))
-    assert measured["bytes_on_disk"] == pmeasure.bytes_on_disk(pruned)
+    assert measured["bytes_on_disk"] == checkpoint.bytes_on_disk(pruned)
     assert measured["mlp_widths"] == [52, 52] and measured["stage"] == "pruned" and measured["device"] == "cpu"
     random_row, recovered_row = rows["m/random/35/7"], rows["m/selective/35/0/recovered-lora"]
     assert random_row["measured_variant"] == recovered_row["measured_variant"] == "m/selective/35/0"
     assert (random_row["method"], random_row["seed"], random_row["level_pct"]) == ("random", 7, 35.0)
     assert recovered_row["stage"] == "recovered"
-    assert random_row["bytes_on_disk"] == pmeasure.bytes_on_disk(twin)
+    assert random_row["bytes_on_disk"] == checkpoint.bytes_on_disk(twin)
 
 
 def test_label_checkpoint_with_other_shapes_is_refused(tmp_path):
