@@ -276,3 +276,36 @@ def test_cli_trains_a_generalist_and_a_specialist_from_it(data_dir, tmp_path, ca
     assert len(err) == 1 and "training.init" in err[0]
     assert main([*argv, "--init", str(gen)]) == 0
     assert json.loads((tmp_path / "c" / "training.json").read_text())["init"] == str(gen)
+
+
+def test_first_fit_packing_places_every_drawn_example_once_and_fills_rows():
+    """Brute-force bookkeeping: rebuild each row's examples from position_ids restarts and compare with the draws."""
+    import random as _random
+
+    rng = _random.Random(0)
+    # example i: tokens (1000 + i, i + 3, i + 3, ...) of 20-120 tokens, so every placed run names its example
+    examples = [train.Example((1000 + i,) + (i + 3,) * (rng.randint(20, 120) - 1), 5) for i in range(2000)]
+    T, B, n_batches = 192, 8, 30  # ~550 placements: one epoch, so no example may be placed twice
+    batches = train.PackedBatches({"a": examples}, {"a": 1.0}, B, T, seed=1, pad_id=0)
+    placed: list[int] = []
+    real_tokens = 0
+    for _ in range(n_batches):
+        b = batches.next_batch()
+        for row in range(B):
+            ids, pos = b["input_ids"][row].tolist(), b["position_ids"][row].tolist()
+            starts = [t for t, p in enumerate(pos) if p == 0] + [T]
+            for s, e in zip(starts, starts[1:], strict=False):
+                if ids[s] == 0:  # padding: one run at the end of the row
+                    assert all(i == 0 for i in ids[s:e]) and e == T
+                    continue
+                i = ids[s] - 1000
+                assert tuple(ids[s:e]) == examples[i].ids  # a whole example, never cut or merged
+                placed.append(i)
+                real_tokens += e - s
+    pooled = [ex.ids[0] - 1000 for _, ex in batches.pool]
+    n_drawn = len(examples) - len(batches.order["a"])
+    assert len(set(placed)) == len(placed)  # placed at most once
+    assert not set(pooled) & set(placed) and len(placed) + len(pooled) == n_drawn  # every draw: placed or waiting
+    assert len(pooled) <= train.PACK_POOL and sum(batches.examples_seen.values()) == len(placed)
+    fill = real_tokens / (n_batches * B * T)
+    assert fill > 0.93, fill

@@ -149,6 +149,11 @@ class TrainingConfig(_Strict):
     init: str | None = Field(
         None, description="name of a 'generalists' entry to continue from (its checkpoint); null: from scratch"
     )
+    precision: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="matmul precision of forward/backward: bfloat16 = torch.autocast (fp32 weights, optimizer "
+        "and loss); float32 = plain fp32",
+    )
 
     @field_validator("mix")
     @classmethod

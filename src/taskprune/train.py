@@ -28,6 +28,7 @@ beside the checkpoint. The eval split is never read by training: it is evaluatio
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -111,14 +112,19 @@ def tokenize_examples(tokenizer: Any, prompts: list[str], completions: list[str]
     ]
 
 
+PACK_POOL = 64  # examples drawn but not yet placed, at most (first-fit packing)
+
+
 class PackedBatches:
     """An endless, seeded stream of packed batches drawn from several sources by their mix shares.
 
-    Each row of a batch holds whole examples (longer ones are cut to ``seq_len``), followed by padding.
-    Tensors per batch (B = ``batch_size``, T = ``seq_len``): ``input_ids`` [B, T], ``position_ids`` [B, T]
-    (0, 1, ... restarting at each example; padding is one more run), ``labels`` [B, T] (the next token,
-    -100 where no loss), ``weights`` [B, T] (1 for completion tokens, PROMPT_LOSS_WEIGHT for prompt tokens,
-    0 for padding).
+    Each row of a batch holds whole examples (longer ones are cut to ``seq_len``), packed first-fit: an
+    example that does not fit the rest of a row waits in a pool (at most ``PACK_POOL``, oldest first) for a
+    row with room, so rows are ~95% tokens rather than ~65% for math's 90-250-token examples in 192-token
+    rows. Every drawn example is placed exactly once, in draw order among those that fit. Tensors per batch
+    (B = ``batch_size``, T = ``seq_len``): ``input_ids`` [B, T], ``position_ids`` [B, T] (0, 1, ...
+    restarting at each example; padding is one more run), ``labels`` [B, T] (the next token, -100 where no
+    loss), ``weights`` [B, T] (1 for completion tokens, PROMPT_LOSS_WEIGHT for prompt tokens, 0 for padding).
     """
 
     def __init__(self, sources: dict[str, list[Example]], shares: dict[str, float], batch_size: int, seq_len: int,
@@ -129,17 +135,36 @@ class PackedBatches:
         self.batch_size, self.seq_len, self.pad_id = batch_size, seq_len, pad_id
         self.rng = random.Random(seed)
         self.order: dict[str, list[int]] = {k: [] for k in self.names}
-        self.pending: Example | None = None
+        self.pool: list[tuple[str, Example]] = []  # drawn, waiting for a row with room (oldest first)
+        self.min_length = min(min(len(e.ids) for e in v) for v in self.sources.values())
         self.truncated = 0
-        self.examples_seen = {k: 0 for k in self.names}
+        self.examples_seen = {k: 0 for k in self.names}  # examples placed in a batch, per source
 
-    def _next_example(self) -> Example:
+    def _draw(self) -> tuple[str, Example]:
         name = self.rng.choices(self.names, self.weights)[0]
         if not self.order[name]:  # epoch-wise reshuffle of each source
             self.order[name] = list(range(len(self.sources[name])))
             self.rng.shuffle(self.order[name])
-        self.examples_seen[name] += 1
-        return self.sources[name][self.order[name].pop()]
+        ex = self.sources[name][self.order[name].pop()]
+        if len(ex.ids) > self.seq_len:
+            self.truncated += 1
+            ex = Example(ex.ids[: self.seq_len], min(ex.n_prompt, self.seq_len))
+        return name, ex
+
+    def _take(self, room: int) -> Example | None:
+        """The oldest pooled example that fits ``room`` tokens, else a new draw that does; None if none."""
+        for i, (name, ex) in enumerate(self.pool):
+            if len(ex.ids) <= room:
+                del self.pool[i]
+                self.examples_seen[name] += 1
+                return ex
+        while len(self.pool) < PACK_POOL:
+            name, ex = self._draw()
+            if len(ex.ids) <= room:
+                self.examples_seen[name] += 1
+                return ex
+            self.pool.append((name, ex))
+        return None
 
     def next_batch(self) -> dict[str, Any]:
         import torch
@@ -151,18 +176,11 @@ class PackedBatches:
         weights = torch.zeros((B, T), dtype=torch.float32)
         for b in range(B):
             used = 0
-            while True:
-                ex = self.pending or self._next_example()
-                self.pending = None
-                n = len(ex.ids)
-                if n > T:
-                    self.truncated += 1
-                    ex, n = Example(ex.ids[:T], min(ex.n_prompt, T)), T
-                if used + n > T:
-                    if used == 0:  # pragma: no cover - cannot happen after truncation
-                        raise RuntimeError("example longer than a row")
-                    self.pending = ex
+            while T - used >= self.min_length:
+                ex = self._take(T - used)
+                if ex is None:
                     break
+                n = len(ex.ids)
                 ids = torch.tensor(ex.ids, dtype=torch.long)
                 input_ids[b, used : used + n] = ids
                 position_ids[b, used : used + n] = torch.arange(n)
@@ -172,8 +190,6 @@ class PackedBatches:
                 w[: max(ex.n_prompt - 1, 0)] = PROMPT_LOSS_WEIGHT  # targets that are prompt tokens
                 weights[b, used : used + n - 1] = w
                 used += n
-                if used == T:
-                    break
             if used < T:
                 position_ids[b, used:] = torch.arange(T - used)  # padding: its own (ignored) sequence
         return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels, "weights": weights}
@@ -239,6 +255,10 @@ def train_loop(model: Any, batches: PackedBatches, cfg: TrainingConfig, device: 
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.learning_rate, betas=(0.9, 0.95), eps=1e-8,
     )  # fmt: skip
+    autocast = (
+        torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+        if cfg.precision == "bfloat16" else contextlib.nullcontext()
+    )  # fmt: skip
     model.train()
     records: list[dict[str, Any]] = []
     start = time.perf_counter()
@@ -248,8 +268,9 @@ def train_loop(model: Any, batches: PackedBatches, cfg: TrainingConfig, device: 
         lr = learning_rate(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
-        loss = weighted_loss(out.logits, batch["labels"], batch["weights"])
+        with autocast:
+            out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+        loss = weighted_loss(out.logits, batch["labels"], batch["weights"])  # fp32 (weighted_loss upcasts)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

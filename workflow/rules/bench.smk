@@ -1,5 +1,7 @@
-# Efficiency benchmarks. Benchmark jobs hold the `bench` resource (profiles set bench=1) and every core,
-# so they never run beside another job and their numbers are not polluted by a neighbour.
+# Efficiency benchmarks. Timing jobs (bench_family, bench_stats, bench_generation) hold the `bench`
+# resource (profiles set bench=1) and every core, so they never run beside another job and their numbers
+# are not polluted by a neighbour. `bench` measures memory only (a fresh process's own peak RSS, or CUDA's
+# allocator peak), which a neighbour does not change, so it takes one core and runs beside other jobs.
 #   bench         per measured variant checkpoint: parameters, bytes on disk, peak memory at batch 1
 #   bench_family  per shape family: paired, interleaved throughput of the base vs every level (perf/paired.py)
 #   bench_gather  results/bench/efficiency.parquet: family rows attached to the variants they describe
@@ -22,13 +24,12 @@ rule bench:
         src=source_hash("bench"),
     wildcard_constraints:
         variant=f"[^/]+/{VARIANT_RE}",
-    threads: workflow.cores
+    threads: 1
     conda:
         ENV_TORCH
     log:
         "logs/bench/{variant}.log",
     resources:
-        bench=1,
         mem_mb=8000,
         runtime=30,
     shell:
