@@ -20,7 +20,7 @@ def test_shipped_configs_validate():
     cfg = load_config(ROOT / "config/config.yaml")
     assert set(cfg.models) == {"tiny-math", "tiny-code"}
     assert cfg.pruning.levels == [5.71, 10, 15.71, 20, 25.71, 30, 35.71]
-    assert {33, 42} <= set(cfg.pruning.seeds) and len(cfg.pruning.seeds) == 3
+    assert {33, 42} <= set(cfg.pruning.seeds) and len(cfg.pruning.seeds) == 2
     smoke = load_config(ROOT / "config/config.yaml", ROOT / "config/smoke.yaml")
     assert smoke.models["tiny-math"].architecture.hidden_size < cfg.models["tiny-math"].architecture.hidden_size
 

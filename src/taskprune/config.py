@@ -499,6 +499,8 @@ class BenchConfig(_Strict):
     pairs: int = Field(7, ge=1, description="interleaved base/variant rounds (< 7: every row is noisy)")
     min_repeat_s: float = Field(0.05, ge=0, description="a timed repeat loops the run until it lasts this long")
     # pipeline benchmarks (results/bench/stats_collection.parquet and generation.parquet)
+    pipeline: bool = Field(True, description="run the pipeline benchmarks as part of `snakemake` (their rules stay "
+                           "requestable by output name when false)")
     stats_prompts: int = Field(1000, ge=1, description="prompts per statistics-collection throughput pass")
     stats_memory_prompts: list[int] = Field(default_factory=lambda: [1000, 4000])
     stats_rounds: int = Field(3, ge=1)

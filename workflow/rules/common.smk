@@ -153,7 +153,8 @@ def final_outputs():
     outs += [f"results/scores/{m}/{s}.parquet" for m in CFG.models for s in CFG.scores.methods]
     outs += ["results/metrics.parquet", "results/items.parquet", "results/bench/efficiency.parquet"]
     outs += ["results/findings.json"]
-    outs += ["results/bench/stats_collection.parquet", "results/bench/generation.parquet"]
+    if CFG.bench.pipeline:
+        outs += ["results/bench/stats_collection.parquet", "results/bench/generation.parquet"]
     outs += FIGURE_OUTPUTS + ["results/findings.md", "results/findings.html"]
     outs += OVERLAP_OUTPUTS
     return outs
