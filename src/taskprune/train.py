@@ -120,8 +120,9 @@ class PackedBatches:
 
     Each row of a batch holds whole examples (longer ones are cut to ``seq_len``), packed first-fit: an
     example that does not fit the rest of a row waits in a pool (at most ``PACK_POOL``, oldest first) for a
-    row with room, so rows are ~95% tokens rather than ~65% for math's 90-250-token examples in 192-token
-    rows. Every drawn example is placed exactly once, in draw order among those that fit. Tensors per batch
+    row with room. Measured on the math specialist's mix (90-250-token examples): 92% of 384-token rows are
+    tokens, 71% of 192-token rows (67% before the pool). Every drawn example is placed exactly once, in draw
+    order among those that fit. Tensors per batch
     (B = ``batch_size``, T = ``seq_len``): ``input_ids`` [B, T], ``position_ids`` [B, T] (0, 1, ...
     restarting at each example; padding is one more run), ``labels`` [B, T] (the next token, -100 where no
     loss), ``weights`` [B, T] (1 for completion tokens, PROMPT_LOSS_WEIGHT for prompt tokens, 0 for padding).
