@@ -309,3 +309,43 @@ def test_first_fit_packing_places_every_drawn_example_once_and_fills_rows():
     assert len(pooled) <= train.PACK_POOL and sum(batches.examples_seen.values()) == len(placed)
     fill = real_tokens / (n_batches * B * T)
     assert fill > 0.93, fill
+
+
+def _cpu_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="needs Linux /proc/cpuinfo")
+def test_native_bf16_on_cpu_follows_the_cpu_flags():
+    """oneDNN runs bf16 natively with AVX-512 (BW, VL, DQ) or AMX-BF16; AVX2 alone emulates it (~10x slower)."""
+    flags = _cpu_flags()
+    if not flags or not ({"avx2", "avx512bw"} & flags):
+        pytest.skip("not an x86 CPU with AVX2 or AVX-512")
+    native = {"avx512bw", "avx512vl", "avx512dq"} <= flags or "amx_bf16" in flags
+    assert train.native_bf16("cpu") is native
+    assert train.resolve_precision("auto", "cpu") == ("bfloat16" if native else "float32")
+    assert train.resolve_precision("float32", "cpu") == "float32"
+    assert train.resolve_precision("bfloat16", "cpu") == "bfloat16"  # explicit: honoured (with a warning if emulated)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_trains_in_what_the_device_runs_natively(native, data_dir, tmp_path, monkeypatch):
+    """training.json records the precision that ran; auto is bf16 autocast only on native-bf16 hardware."""
+    monkeypatch.setattr(train, "native_bf16", lambda device: native)
+    seen: list[torch.dtype] = []
+    real = torch.nn.functional.linear
+
+    def spy(x, w, b=None):
+        out = real(x, w, b)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "linear", spy)
+    cfg = {**SMOKE_MODEL, "training": {**SMOKE_MODEL["training"], "steps": 2, "precision": "auto"}}
+    train.train_specialist("m", ModelConfig(task="math", **cfg), {}, data_dir, tmp_path / "m", EVAL, "cpu", False)
+    expected = "bfloat16" if native else "float32"
+    assert json.loads((tmp_path / "m" / "training.json").read_text())["precision"] == expected
+    assert torch.bfloat16 in seen if native else set(seen) == {torch.float32}

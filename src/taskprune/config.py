@@ -149,10 +149,11 @@ class TrainingConfig(_Strict):
     init: str | None = Field(
         None, description="name of a 'generalists' entry to continue from (its checkpoint); null: from scratch"
     )
-    precision: Literal["float32", "bfloat16"] = Field(
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
         "float32",
         description="matmul precision of forward/backward: bfloat16 = torch.autocast (fp32 weights, optimizer "
-        "and loss); float32 = plain fp32",
+        "and loss); float32 = plain fp32; auto = bfloat16 where the device computes it natively (CUDA with bf16, "
+        "a CPU with AVX-512 or AMX), else float32 (bf16 emulated on an AVX2-only CPU is ~10x slower than fp32)",
     )
 
     @field_validator("mix")

@@ -244,6 +244,37 @@ def learning_rate(step: int, cfg: TrainingConfig) -> float:
     return cfg.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def native_bf16(device: Any) -> bool:
+    """Whether ``device`` computes bf16 matmuls natively (fast) rather than by emulation.
+
+    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: oneDNN's own check (AVX-512 or AMX-BF16). On an AVX2-only
+    CPU bf16 is emulated: a [6144, 128] x [128, 768] matmul took 0.62 s in bf16 against 0.022 s in fp32
+    (AMD EPYC, torch 2.13), i.e. a training step ~10x slower.
+    """
+    import torch
+
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if kind != "cpu":
+        return False
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check()) if check is not None else False
+
+
+def resolve_precision(precision: str, device: Any) -> str:
+    """``training.precision`` as run: ``auto`` -> bfloat16 where :func:`native_bf16`, else float32.
+
+    An explicit ``bfloat16`` is honoured even when emulated, with a warning in the log.
+    """
+    if precision == "auto":
+        return "bfloat16" if native_bf16(device) else "float32"
+    if precision == "bfloat16" and not native_bf16(device):
+        log.warning("training.precision: bfloat16 on %s without native bf16: emulated, ~10x slower than float32 "
+                    "(use auto)", device)  # fmt: skip
+    return precision
+
+
 def train_loop(model: Any, batches: PackedBatches, cfg: TrainingConfig, device: Any, progress: bool = True) -> list[dict[str, Any]]:
     """AdamW on the weighted next-token loss; returns one record per step (loss, lr, tokens, seconds)."""
     import torch
@@ -256,10 +287,12 @@ def train_loop(model: Any, batches: PackedBatches, cfg: TrainingConfig, device: 
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.learning_rate, betas=(0.9, 0.95), eps=1e-8,
     )  # fmt: skip
+    precision = resolve_precision(cfg.precision, device)
     autocast = (
         torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-        if cfg.precision == "bfloat16" else contextlib.nullcontext()
+        if precision == "bfloat16" else contextlib.nullcontext()
     )  # fmt: skip
+    log.info("training precision: %s (training.precision: %s)", precision, cfg.precision)
     model.train()
     records: list[dict[str, Any]] = []
     start = time.perf_counter()
@@ -501,6 +534,7 @@ def train_model(
         "total_cpu_seconds": time.process_time() - cpu_start,
         "threads": torch.get_num_threads(),
         "device": str(torch_device),
+        "precision": resolve_precision(tcfg.precision, torch_device),
         "params": n_params,
         "params_mlp": n_mlp,
         "vocab_size": len(tokenizer),
