@@ -275,8 +275,12 @@ def resolve_precision(precision: str, device: Any) -> str:
     return precision
 
 
-def train_loop(model: Any, batches: PackedBatches, cfg: TrainingConfig, device: Any, progress: bool = True) -> list[dict[str, Any]]:
-    """AdamW on the weighted next-token loss; returns one record per step (loss, lr, tokens, seconds)."""
+def train_loop(model: Any, batches: PackedBatches, cfg: TrainingConfig, device: Any, progress: bool = True,
+               precision: str = "float32") -> list[dict[str, Any]]:  # fmt: skip
+    """AdamW on the weighted next-token loss; returns one record per step (loss, lr, tokens, seconds).
+
+    ``precision`` is the resolved one (:func:`resolve_precision`): bfloat16 = autocast, else plain fp32.
+    """
     import torch
 
     from taskprune.progress import progress_bar
@@ -287,12 +291,10 @@ def train_loop(model: Any, batches: PackedBatches, cfg: TrainingConfig, device: 
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.learning_rate, betas=(0.9, 0.95), eps=1e-8,
     )  # fmt: skip
-    precision = resolve_precision(cfg.precision, device)
     autocast = (
         torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
         if precision == "bfloat16" else contextlib.nullcontext()
     )  # fmt: skip
-    log.info("training precision: %s (training.precision: %s)", precision, cfg.precision)
     model.train()
     records: list[dict[str, Any]] = []
     start = time.perf_counter()
@@ -502,7 +504,9 @@ def train_model(
     batches = PackedBatches(sources, tcfg.mix, tcfg.batch_size, tcfg.seq_len, tcfg.seed, tokenizer.pad_token_id)
     train_start_wall, train_start_cpu = time.perf_counter(), time.process_time()
     torch.manual_seed(tcfg.seed)
-    records = train_loop(model, batches, tcfg, torch_device, progress)
+    precision = resolve_precision(tcfg.precision, torch_device)
+    log.info("training precision: %s (training.precision: %s)", precision, tcfg.precision)
+    records = train_loop(model, batches, tcfg, torch_device, progress, precision)
     train_seconds = time.perf_counter() - train_start_wall
     train_cpu_seconds = time.process_time() - train_start_cpu
 
@@ -534,7 +538,7 @@ def train_model(
         "total_cpu_seconds": time.process_time() - cpu_start,
         "threads": torch.get_num_threads(),
         "device": str(torch_device),
-        "precision": resolve_precision(tcfg.precision, torch_device),
+        "precision": precision,
         "params": n_params,
         "params_mlp": n_mlp,
         "vocab_size": len(tokenizer),
