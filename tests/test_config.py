@@ -46,6 +46,11 @@ BAD = [
     ({"tasks": {"math": {"kind": "algebra"}}}, ["tasks.math.kind", "'algebra'"]),
     ({"recovery": {"r": "sixteen"}}, ["recovery.r", "'sixteen'"]),
     ({"models": {"tiny-math": {"training": {"mix": {"target": 0.5}}}}}, ["mix", "sum to 1"]),
+    ({"pruning": {"method_levels": {"reverse-magnitud": [10]}}},
+     ["pruning.method_levels.reverse-magnitud", "unknown pruning method"]),
+    ({"pruning": {"method_levels": {"reverse": [12]}}},
+     ["pruning.method_levels.reverse", "['12'] are not pruning levels of model tiny-math"]),
+    ({"pruning": {"method_levels": {"reverse": [10, 10]}}}, ["duplicated"]),
 ]
 
 
@@ -106,3 +111,24 @@ def test_parse_method():
     assert parse_method("random") == ("random", "random")
     with pytest.raises(ValueError):
         parse_method("reverse-random")
+
+
+def test_method_levels_restrict_that_method_only(tmp_path):
+    """pruning.method_levels: the method is pruned (and recovered at 'max') at its own levels only; the others
+    keep every level; an overlay whose methods drop the method drops its levels too."""
+    from taskprune.grid import pruned_variants, recovered_variants
+
+    override = {
+        "pruning": {"levels": [5.71, 10, 20, 35.71], "methods": ["selective", "reverse", "random", "reverse-magnitude"],
+                    "seeds": [33], "method_levels": {"reverse-magnitude": [10, 20], "selective-wanda": [10]}},
+        "recovery": {"methods": ["lora"], "variants": [{"method": "reverse-magnitude", "levels": "max"}]},
+    }
+    cfg = load_config(ROOT / "config/config.yaml", _write(tmp_path, override))
+    by_method: dict[str, set[str]] = {}
+    for v in pruned_variants(cfg, "tiny-math"):
+        by_method.setdefault(v.method, set()).add(v.level.label)
+    assert by_method == {"selective": {"5.71", "10", "20", "35.71"}, "reverse": {"5.71", "10", "20", "35.71"},
+                         "random": {"5.71", "10", "20", "35.71"}, "reverse-magnitude": {"10", "20"}}
+    assert [v.level.label for v in recovered_variants(cfg, "tiny-math")] == ["20"]
+    assert [lv.label for lv in cfg.levels_for("tiny-math", "reverse-magnitude")] == ["10", "20"]
+    assert [lv.label for lv in cfg.levels_for("tiny-math", "selective-wanda")] == ["5.71", "10", "20", "35.71"]

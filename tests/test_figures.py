@@ -31,14 +31,17 @@ def _row(model, method, level, seed, stage, task, metric, value, n=50):
 
 
 def synthetic_results(root: Path, methods=("selective", "reverse", "reverse-magnitude", "random"),
-                      recovered=True, efficiency=True, manifests=True) -> dict[str, str]:
-    """A small but complete results/ tree: metrics, efficiency, a score table and pruning manifests."""
+                      recovered=True, efficiency=True, manifests=True,
+                      method_levels: dict[str, tuple[int, ...]] | None = None) -> dict[str, str]:
+    """A small but complete results/ tree: metrics, efficiency, a score table and pruning manifests.
+    ``method_levels`` gives a method its own levels (as ``pruning.method_levels``; default: every level)."""
+    own = method_levels or {}
     rows, eff = [], []
     for model, task in (("tiny-math", "math"), ("tiny-code", "code")):
         variants = [("base", 0, 0, "base")]
         for m in methods:
             for seed in (33, 42) if m == "random" else (0,):
-                variants += [(m, lv, seed, "pruned") for lv in LEVELS]
+                variants += [(m, lv, seed, "pruned") for lv in own.get(m, LEVELS)]
         if recovered and "selective" in methods:
             variants += [("selective", lv, 0, "recovered") for lv in LEVELS]
         for method, lv, seed, stage in variants:
@@ -74,7 +77,7 @@ def synthetic_results(root: Path, methods=("selective", "reverse", "reverse-magn
     paths["scores"] = str(score_path)
     if manifests:
         for m in methods:
-            for lv in LEVELS:
+            for lv in own.get(m, LEVELS):
                 for seed in (33,) if m == "random" else (0,):
                     d = root / "pruned" / "tiny-math" / m / f"{lv:g}" / str(seed)
                     d.mkdir(parents=True)
@@ -231,3 +234,25 @@ def test_recovery_recipes_figure_keeps_recipes_apart(tmp_path):
     summary = pl.read_csv(tmp_path / "tables" / "summary.csv")
     rec = summary.filter((pl.col("model") == "tiny-math") & (pl.col("stage") == "recovered") & (pl.col("level") == 30))
     assert sorted(rec["recovery"].to_list()) == ["lora", "lora-kd"] and (rec["n_seeds"] == 1).all()
+
+
+def test_methods_at_their_own_levels(tmp_path):
+    """pruning.method_levels: a comparison method evaluated at fewer levels than the others. Every figure and
+    table is still written, the summary holds exactly the evaluated (method, level) pairs, and the paired
+    magnitude claim compares reverse with reverse-magnitude at the one level they share."""
+    methods = ("selective", "reverse", "reverse-magnitude", "random", "selective-taker")
+    paths = synthetic_results(tmp_path / "results", methods=methods,
+                              method_levels={"reverse-magnitude": (30,), "selective-taker": (10,)})  # fmt: skip
+    findings = tmp_path / "results" / "findings.json"
+    items = items_from_metrics(paths["metrics"], tmp_path / "items.parquet")
+    assert main(["findings", "--items", items, "--efficiency", paths["efficiency"], "--out", str(findings)]) == 0
+    assert run_cli(paths, tmp_path, "--findings", str(findings)) == 0
+    for name in figures.FIGURES:
+        check_png(tmp_path / "figures" / f"{name}.png")
+    table = pl.read_csv(tmp_path / "tables" / "summary.csv").filter(pl.col("model") == "tiny-math")
+    pairs = {(m, lv) for m, lv in table.filter(pl.col("stage") == "pruned").select("method", "level").iter_rows()}
+    assert pairs == {(m, lv) for m in ("selective", "reverse", "random") for lv in LEVELS} | {
+        ("reverse-magnitude", 30), ("selective-taker", 10)}
+    claims = {c["id"]: c for c in json.loads(findings.read_text())["claims"]}
+    magnitude = claims["selectivity_beyond_magnitude"]["per_model"]["tiny-math"]
+    assert magnitude["levels_compared"] == 1, magnitude

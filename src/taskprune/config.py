@@ -260,6 +260,11 @@ class PruningConfig(_Strict):
     min_width_fraction: float = Field(0.1, gt=0, le=1, description="global allocation: floor per layer")
     multiple_of: int = Field(1, ge=1, description="round k to a multiple of this (e.g. 64 for hardware)")
     temporary_checkpoints: bool = Field(False, description="mark pruned checkpoints temp() once consumed")
+    method_levels: dict[str, list[float]] = Field(
+        default_factory=dict,
+        description="a method's own levels, a subset of each model's levels (e.g. control methods at fewer "
+        "levels); entries for a method not in `methods` are checked and unused",
+    )
 
     @field_validator("levels")
     @classmethod
@@ -573,6 +578,22 @@ class Config(_Strict):
             extra = [lv.label for lv in map(Level.from_config, self.bench.levels) if lv.label not in configured]
             if extra:
                 raise ValueError(f"bench.levels {extra} are not pruning levels of any model ({sorted(configured)})")
+        for method, levels in self.pruning.method_levels.items():
+            try:
+                parse_method(method)
+            except ValueError as err:
+                raise ValueError(f"pruning.method_levels.{method}: {err}") from None
+            _check_levels(levels)
+            if method not in self.pruning.methods:
+                continue  # an overlay that drops the method (smoke, paper) drops its levels too
+            for name in self.models:
+                known = {lv.label for lv in self.levels_for(name)}
+                extra = [lv.label for lv in map(Level.from_config, levels) if lv.label not in known]
+                if extra:
+                    raise ValueError(
+                        f"pruning.method_levels.{method}: {extra} are not pruning levels of model {name} "
+                        f"({sorted(known, key=float)})"
+                    )
         for method in self.pruning.methods:
             _, score = parse_method(method)
             if score != "random" and score not in self.scores.methods:
@@ -585,10 +606,15 @@ class Config(_Strict):
                 raise ValueError(f"harness.local_tasks.{name}: '{task}' is not a math task of 'tasks'")
         return self
 
-    def levels_for(self, model: str) -> list[Level]:
-        """The pruning levels of ``model`` (its own ``levels``, else ``pruning.levels``), in config order."""
+    def levels_for(self, model: str, method: str | None = None) -> list[Level]:
+        """The pruning levels of ``model`` (its own ``levels``, else ``pruning.levels``), in config order;
+        with ``method`` (one of ``pruning.methods``), only those in ``pruning.method_levels[method]`` if set."""
         m = self.models[model]
-        return [Level.from_config(x) for x in (m.levels if m.levels is not None else self.pruning.levels)]
+        levels = [Level.from_config(x) for x in (m.levels if m.levels is not None else self.pruning.levels)]
+        if method not in self.pruning.method_levels or method not in self.pruning.methods:
+            return levels
+        chosen = {Level.from_config(x).label for x in self.pruning.method_levels[method]}
+        return [lv for lv in levels if lv.label in chosen]
 
 
 # ------------------------------------------------------------------------------- error reporting

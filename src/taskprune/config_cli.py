@@ -28,9 +28,14 @@ def run(args: argparse.Namespace) -> int:
     recovered = grid.recovered_variants(cfg)
     print(f"config OK: {', '.join(args.configs)}")
     for name, m in cfg.models.items():
-        src = m.path if m.source == "pretrained" else "trained from scratch"
+        if m.source == "pretrained":
+            src = m.path
+        else:
+            src = f"continued from {m.training.init}" if m.training.init else "trained from scratch"
         levels = ", ".join(f"{x.pct:g}" for x in cfg.levels_for(name))
         print(f"  model {name}: task {m.task}, distractors {', '.join(m.distractors)}, {src}; levels {levels}")
     print(f"  methods: {', '.join(cfg.pruning.methods)}; random seeds: {', '.join(map(str, cfg.pruning.seeds))}")
+    for method, own in cfg.pruning.method_levels.items():
+        print(f"  method {method}: only at levels {', '.join(f'{x:g}' for x in own)}")
     print(f"  variants: {len(cfg.models)} base, {len(pruned)} pruned, {len(recovered)} recovered")
     return 0

@@ -78,7 +78,7 @@ def pruned_variants(cfg: Config, model: str | None = None) -> list[Variant]:
     out = []
     for m in [model] if model else list(cfg.models):
         for method in cfg.pruning.methods:
-            for level in cfg.levels_for(m):
+            for level in cfg.levels_for(m, method):
                 for seed in seeds_for(cfg, method):
                     out.append(Variant(m, method, level, seed, "pruned"))
     return out
@@ -88,7 +88,7 @@ def _selected(sel: RecoverySelection, cfg: Config, v: Variant) -> bool:
     if v.method != sel.method:
         return False
     if sel.levels == "max":
-        ok_level = v.level == max(cfg.levels_for(v.model))
+        ok_level = v.level == max(cfg.levels_for(v.model, v.method))
     elif sel.levels == "all":
         ok_level = True
     else:
