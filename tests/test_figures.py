@@ -135,8 +135,9 @@ def run_cli(paths: dict[str, str], out: Path, *extra: str) -> int:
     return main(argv)
 
 
-def test_every_figure_and_table_from_a_full_grid(tmp_path):
-    paths = synthetic_results(tmp_path / "results")
+def findings_and_figures(paths: dict[str, str], tmp_path: Path) -> Path:
+    """Run `taskprune findings` on ``paths`` and then every figure and table with those findings; check
+    every figure's PNG and SVG. Returns the findings.json path."""
     findings = tmp_path / "results" / "findings.json"
     items = items_from_metrics(paths["metrics"], tmp_path / "items.parquet")
     assert main(["findings", "--items", items, "--efficiency", paths["efficiency"], "--out", str(findings)]) == 0
@@ -144,6 +145,12 @@ def test_every_figure_and_table_from_a_full_grid(tmp_path):
     for name in figures.FIGURES:
         check_png(tmp_path / "figures" / f"{name}.png")
         check_svg(tmp_path / "figures" / f"{name}.svg")
+    return findings
+
+
+def test_every_figure_and_table_from_a_full_grid(tmp_path):
+    paths = synthetic_results(tmp_path / "results")
+    findings_and_figures(paths, tmp_path)
     for name in TABLES:
         assert (tmp_path / "tables" / name).stat().st_size > 100
     # No temporary files are left behind by the atomic writes.
@@ -243,12 +250,7 @@ def test_methods_at_their_own_levels(tmp_path):
     methods = ("selective", "reverse", "reverse-magnitude", "random", "selective-taker")
     paths = synthetic_results(tmp_path / "results", methods=methods,
                               method_levels={"reverse-magnitude": (30,), "selective-taker": (10,)})  # fmt: skip
-    findings = tmp_path / "results" / "findings.json"
-    items = items_from_metrics(paths["metrics"], tmp_path / "items.parquet")
-    assert main(["findings", "--items", items, "--efficiency", paths["efficiency"], "--out", str(findings)]) == 0
-    assert run_cli(paths, tmp_path, "--findings", str(findings)) == 0
-    for name in figures.FIGURES:
-        check_png(tmp_path / "figures" / f"{name}.png")
+    findings = findings_and_figures(paths, tmp_path)
     table = pl.read_csv(tmp_path / "tables" / "summary.csv").filter(pl.col("model") == "tiny-math")
     pairs = {(m, lv) for m, lv in table.filter(pl.col("stage") == "pruned").select("method", "level").iter_rows()}
     assert pairs == {(m, lv) for m in ("selective", "reverse", "random") for lv in LEVELS} | {
