@@ -34,7 +34,7 @@ def test_smoke_metrics_cover_the_grid(smoke_run):
     assert stages == {"base", "pruned", "recovered"}
     selective = m.filter((pl.col("stage") == "recovered") & (pl.col("method") == "selective"))
     levels = {(r,): sorted(set(g["level"].to_list())) for (r,), g in selective.group_by("recovery")}
-    assert levels == {("lora",): ["10", "35.71"], ("lora-kd",): ["35.71"]}  # lora-kd: the default's 3 levels
+    assert levels == {("lora",): ["10", "35.71"], ("lora-kd",): ["35.71"]}  # lora-kd: the default's 2 levels
     assert m.filter(pl.col("stage") != "recovered")["recovery"].is_null().all()
     assert set(m["method"].unique()) >= {"base", "selective", "reverse", "random"}
     acc = m.filter(pl.col("metric") == HEADLINE_METRIC)
