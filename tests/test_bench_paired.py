@@ -303,3 +303,30 @@ def test_bench_config_keys_are_validated():
     with pytest.raises(ConfigError, match="bench.shapes.x.hiden_size"):
         _cfg(shapes={"x": {**SHAPE_KEYS, "hiden_size": 3}})
     assert BenchConfig().engines == ["stock"] and BenchConfig().pairs >= paired.MIN_PAIRS
+
+
+def test_composition_check_table(capsys):
+    """`check_composition` times the base and the level at 1 built layer and at all 3, and derives its
+    columns from the minima: composed_over_direct = composed / direct, speedup = base seconds / level
+    seconds of the same way, none for the base. Bad input: a family without measured_layers, or not in the
+    config, is a one-line error."""
+    from taskprune.cli import main
+
+    table = paired.check_composition(_plan(measured_layers=1, batch_sizes=[1, 2]), rounds=1, progress=False)
+    assert table.height == 4 and set(table["batch_size"]) == {1, 2}
+    assert table["level"].to_list().count(None) == 2 and table["level"].drop_nulls().to_list() == ["35.71"] * 2
+    for row in table.iter_rows(named=True):
+        assert row["composed_seconds"] > 0 and row["direct_seconds"] > 0
+        assert row["composed_over_direct"] == pytest.approx(row["composed_seconds"] / row["direct_seconds"])
+        base = table.filter(pl.col("level").is_null() & (pl.col("batch_size") == row["batch_size"])).row(0, named=True)
+        if row["level"] is None:
+            assert row["composed_speedup"] is None and row["direct_speedup"] is None
+        else:
+            assert row["composed_speedup"] == pytest.approx(base["composed_seconds"] / row["composed_seconds"])
+            assert row["direct_speedup"] == pytest.approx(base["direct_seconds"] / row["direct_seconds"])
+        assert (row["measured_layers"], row["num_layers"], row["rounds"]) == (1, 3, 1)
+    with pytest.raises(DataError, match="composition needs a shapes family with measured_layers"):
+        paired.check_composition(_plan(), rounds=1)
+    for family, message in (("tiny", "composition needs a shapes family"), ("nope", "--family 'nope': expected one of")):
+        assert main(["bench", "composition", "--config", "config/config.yaml", "--family", family, "--output", "x.parquet"]) != 0
+        assert message in capsys.readouterr().err

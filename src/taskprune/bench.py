@@ -5,7 +5,9 @@
 - ``family``: paired, interleaved throughput of a shape family, the base against each level, with a CI
   (:mod:`taskprune.perf.paired`; the plans come from :func:`taskprune.grid.family_plans`);
 - ``gather``: ``results/bench/efficiency.parquet`` (:mod:`taskprune.perf.gather`);
-- ``profile`` and ``compare``: diagnosis over the engines (:mod:`taskprune.perf.engines`).
+- ``profile`` and ``compare``: diagnosis over the engines (:mod:`taskprune.perf.engines`);
+- ``composition``: diagnosis of a shape family's composed depth against direct full depth
+  (:func:`taskprune.perf.paired.check_composition`).
 
 Argument parsing and orchestration only; the logic lives in :mod:`taskprune.perf`.
 """
@@ -28,7 +30,7 @@ def add_arguments(parser: Any) -> None:
 
     from taskprune.options import add_config_arguments
 
-    sub = parser.add_subparsers(dest="action", required=True, metavar="{measure,family,gather,profile,compare}")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="{measure,family,gather,profile,compare,composition}")
     measure = sub.add_parser(
         "measure",
         help="parameters, bytes on disk and peak memory of one variant checkpoint (per-variant Parquet)",
@@ -109,7 +111,19 @@ def add_arguments(parser: Any) -> None:
     comp.add_argument("--engine", choices=["auto", "tight", "hf"], default="auto")
     comp.add_argument("--output", help="optional Parquet of the per-round measurements")
     add_config_arguments(comp)
-    for p in (measure, fam, gather_p, prof, comp):  # accept the global flags after the action too
+    compo = sub.add_parser(
+        "composition",
+        help="a shape family's composed-depth times against direct full depth on this machine (diagnosis)",
+        description="For a bench.shapes family with measured_layers: time the base and every level with "
+        "measured_layers decoder layers (composed to full depth) and with all layers, in alternating fresh "
+        "processes, and write one row per (level, engine, batch size, phase) with both times, their ratio "
+        "and both speedups. Full depth is slow: minutes per round for Qwen2.5-1.5B shapes on 2 cores.",
+    )
+    compo.add_argument("--family", required=True, help="a bench.shapes entry, e.g. qwen2.5-1.5b")
+    compo.add_argument("--rounds", type=int, default=3, help="rounds of alternating trials (default 3)")
+    compo.add_argument("--output", required=True, help="e.g. results/bench/composition-qwen2.5-1.5b.parquet")
+    add_config_arguments(compo)
+    for p in (measure, fam, gather_p, prof, comp, compo):  # accept the global flags after the action too
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
         p.add_argument(
             "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
@@ -149,6 +163,21 @@ def run(args: Any) -> int:
             write_parquet(trials, args.trials, metadata=meta)
         write_parquet(table, args.output, metadata=meta)
         log.info("wrote %d rows to %s", table.height, args.output)
+        return 0
+    if args.action == "composition":
+        from taskprune.config import load_config
+        from taskprune.grid import family_plans
+        from taskprune.perf.paired import check_composition
+
+        if args.options:
+            raise DataError("bench composition: give the whole config with --config FILE (the family plans need it)")
+        plans = family_plans(load_config(*(args.config or ["config/config.yaml"])))
+        if args.family not in plans:
+            raise DataError(f"--family {args.family!r}: expected one of the config's shape families {sorted(plans)}")
+        plan = plans[args.family]
+        table = check_composition(plan, args.rounds)
+        write_parquet(table, args.output, metadata={"plan": plan.to_json(), "rounds": args.rounds})
+        print(table)
         return 0
     options = stage_options(args, {"bench": BenchConfig, "device": "auto"})
     bench = options.bench

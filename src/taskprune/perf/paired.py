@@ -384,12 +384,7 @@ def run_family(plan: FamilyPlan, *, progress: bool = True) -> tuple[Any, Any]:
     if not plan.levels:
         raise DataError(f"bench family '{plan.name}': no pruning level to compare with the base")
     names = ["base", *plan.levels]
-    common = {
-        "kind": "trial", "num_layers": plan.num_layers, "engines": plan.engines, "batch_sizes": plan.batch_sizes,
-        "phases": plan.phases, "prompt_tokens": plan.prompt_tokens, "new_tokens": plan.new_tokens,
-        "device": plan.device, "warmup": plan.warmup, "repeats": plan.repeats, "min_repeat_s": plan.min_repeat_s, "threads": plan.threads,
-        "checkpoint": plan.name,
-    }  # fmt: skip
+    common = _trial_common(plan)
     trials = []
     server = ForkServer(plan.threads)
     started = time.perf_counter()
@@ -410,6 +405,79 @@ def run_family(plan: FamilyPlan, *, progress: bool = True) -> tuple[Any, Any]:
                          time.perf_counter() - started, os.getloadavg()[0])  # fmt: skip
     table = pl.DataFrame(trials)
     return table, summarise(table, plan)
+
+
+def _trial_common(plan: FamilyPlan) -> dict[str, Any]:
+    """The part of a trial spec every trial of the family shares (the source varies)."""
+    return {
+        "kind": "trial", "num_layers": plan.num_layers, "engines": plan.engines, "batch_sizes": plan.batch_sizes,
+        "phases": plan.phases, "prompt_tokens": plan.prompt_tokens, "new_tokens": plan.new_tokens,
+        "device": plan.device, "warmup": plan.warmup, "repeats": plan.repeats, "min_repeat_s": plan.min_repeat_s, "threads": plan.threads,
+        "checkpoint": plan.name,
+    }  # fmt: skip
+
+
+def check_composition(plan: FamilyPlan, rounds: int = 3, *, progress: bool = True) -> Any:
+    """Composed depth against direct full depth, for a family built from numbers with ``measured_layers``
+    (``taskprune bench composition``, diagnosis beside the pipeline).
+
+    Each round runs, in alternating order, a fresh trial of the base and of every level twice: with
+    ``measured_layers`` decoder layers (composed to ``num_layers``) and with all of them (timed directly).
+    Returns one row per (level, engine, batch size, phase): the minimum seconds over rounds each way,
+    ``composed_over_direct`` and, for a level, each way's speedup over the base. Whether shallow and deep
+    stacks cost the same per layer depends on the machine's caches; this measures it where it matters.
+    """
+    import polars as pl
+
+    from taskprune.perf.isolation import ForkServer, run_isolated
+
+    if plan.source != "shapes" or not plan.measured_layers or plan.measured_layers == plan.num_layers:
+        raise DataError(f"bench family '{plan.name}': composition needs a shapes family with measured_layers "
+                        f"below num_layers ({plan.num_layers}), got {plan.measured_layers}")  # fmt: skip
+    if rounds < 1:
+        raise ConfigError(f"--rounds: expected a positive integer, got {rounds}")
+    common = _trial_common(plan)
+    order = [(which, layers) for layers in (plan.measured_layers, None) for which in ["base", *plan.levels]]
+    timings = []
+    server = ForkServer(plan.threads)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="taskprune-compose-") as tmp, contextlib.closing(server):
+        for r in range(rounds):
+            for which, layers in order if r % 2 == 0 else order[::-1]:
+                source = {**(plan.base if which == "base" else plan.levels[which]), "measured_layers": layers}
+                res = run_isolated({**common, "source": source}, Path(tmp), f"r{r}-{which}-{layers}", server,
+                                   entry="trial")  # fmt: skip
+                for t in res["timings"]:
+                    timings.append({"level": None if which == "base" else which, "engine": t["engine"],
+                                    "batch_size": t["batch_size"], "phase": t["phase"],
+                                    "way": "direct" if layers is None else "composed", "seconds": t["seconds"]})  # fmt: skip
+            if progress:
+                log.info("%s composition: round %d/%d done (%.0f s, load %.1f)", plan.name, r + 1, rounds,
+                         time.perf_counter() - started, os.getloadavg()[0])  # fmt: skip
+    keys = ["level", "engine", "batch_size", "phase"]
+    best = (
+        pl.DataFrame(timings)
+        .group_by([*keys, "way"], maintain_order=True)
+        .agg(pl.col("seconds").min())
+        .pivot(on="way", index=keys, values="seconds")
+        .rename({"composed": "composed_seconds", "direct": "direct_seconds"})
+    )
+    base = best.filter(pl.col("level").is_null()).select(
+        *keys[1:], pl.col("composed_seconds").alias("_bc"), pl.col("direct_seconds").alias("_bd")
+    )
+    is_level = pl.col("level").is_not_null()
+    return (
+        best.join(base, on=keys[1:])
+        .with_columns(
+            composed_over_direct=pl.col("composed_seconds") / pl.col("direct_seconds"),
+            composed_speedup=pl.when(is_level).then(pl.col("_bc") / pl.col("composed_seconds")),
+            direct_speedup=pl.when(is_level).then(pl.col("_bd") / pl.col("direct_seconds")),
+            measured_layers=pl.lit(plan.measured_layers, dtype=pl.Int64),
+            num_layers=pl.lit(plan.num_layers, dtype=pl.Int64),
+            rounds=pl.lit(rounds, dtype=pl.Int64),
+        )
+        .drop("_bc", "_bd")
+    )
 
 
 def summarise(trials: Any, plan: FamilyPlan) -> Any:
