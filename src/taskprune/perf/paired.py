@@ -38,7 +38,8 @@ forward outside the stack: embedding, masks, rotary tables, final norm, LM head)
 into every row (``timing_method``) and the table's metadata; ``tests/test_bench_paired.py`` checks the
 composition against a hand count: on a fake clock where a decoder layer costs one tick, 2 layers composed to 6
 equal the 6-layer model timed directly. That real layers cost the same in a shallow and a deep model (no cache
-advantage) is a machine property, not asserted by a test; it held within 10% in the measurements so far.
+advantage) is a machine property, measured by ``taskprune bench composition``: at Qwen2.5-1.5B shapes the
+composed times were 0.95-1.05 of the direct ones, at a small shape (hidden 512) 0.55 on a CPU with a 480 MB L3.
 
 **Engines.** ``stock`` is the stock transformers forward (``model(ids, cache=StaticCache, logits_to_keep=1)``),
 what users run: it decides. ``torch.compile`` is not used for it (``compiled`` column): compiling in every
