@@ -305,7 +305,7 @@ def test_bench_config_keys_are_validated():
     assert BenchConfig().engines == ["stock"] and BenchConfig().pairs >= paired.MIN_PAIRS
 
 
-def test_composition_check_table(capsys):
+def test_composition_check_table(capsys, tmp_path):
     """`check_composition` times the base and the level at 1 built layer and at all 3, and derives its
     columns from the minima: composed_over_direct = composed / direct, speedup = base seconds / level
     seconds of the same way, none for the base. Bad input: a family without measured_layers, or not in the
@@ -328,5 +328,5 @@ def test_composition_check_table(capsys):
     with pytest.raises(DataError, match="composition needs a shapes family with measured_layers"):
         paired.check_composition(_plan(), rounds=1)
     for family, message in (("tiny", "composition needs a shapes family"), ("nope", "--family 'nope': expected one of")):
-        assert main(["bench", "composition", "--config", "config/config.yaml", "--family", family, "--output", "x.parquet"]) != 0
-        assert message in capsys.readouterr().err
+        assert main(["bench", "composition", "--config", "config/config.yaml", "--family", family, "--output", str(tmp_path / "x.parquet")]) != 0
+        assert message in capsys.readouterr().err and not (tmp_path / "x.parquet").exists()
