@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import inspect
 import json
 import random
 import re
@@ -112,9 +113,41 @@ def _code_solution(row: dict) -> str:
     return body
 
 
+def _math_number_multiset(row: dict) -> tuple:
+    """Independent skeleton of a math item: its template and its question's numbers in any order."""
+    return (row["template"], tuple(sorted(int(n) for n in re.findall(r"\d+", row["question"]))))
+
+
+_PROBES = {
+    "int": [(i,) for i in range(-5, 80)],
+    "list[int]": [([],)] + [([i],) for i in range(-5, 60)]
+    + [([i, j, i + j, 2 * j, 30 - i],) for i in range(0, 40, 3) for j in (1, 8, 21)],
+    "str": [(w,) for w in ("", "a", "stone", "banana", "river bank", "0123456789", "Tiger!")],
+}
+
+
+def _code_behaviour(row: dict) -> tuple | None:
+    """Independent skeleton of a code item: what its canonical solution returns on fixed probe inputs."""
+    namespace: dict = {}
+    exec(row["prompt"] + row["canonical_solution"], namespace)
+    func = namespace[row["entry_point"]]
+    kinds = [p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", str(p.annotation))
+             for p in inspect.signature(func).parameters.values()]  # fmt: skip
+    if len(kinds) != 1 or kinds[0] not in _PROBES:
+        return None  # two-argument operations have no parameters and are never held out
+    outputs = []
+    for args in _PROBES[kinds[0]]:
+        try:
+            outputs.append(repr(func(*args)))
+        except Exception as e:  # noqa: BLE001 - the error is part of the behaviour
+            outputs.append(type(e).__name__)
+    return (kinds[0], tuple(outputs))
+
+
 def test_default_suites_are_skeleton_disjoint(default_suites):
     """No eval or validation skeleton is in train or calibration: by the skeleton column, and (math and
-    code) by an independent recomputation of what decides the answer (numbers; solution up to names)."""
+    code) by independent recomputations of what decides the answer: the reasoning's numbers in order, the
+    question's numbers in any order; the solution up to names, the solution's behaviour on probe inputs."""
     for task, frames in default_suites.items():
         for split, df in frames.items():
             assert "skeleton" in df.columns and df["skeleton"].null_count() == 0, (task, split)
@@ -122,13 +155,14 @@ def test_default_suites_are_skeleton_disjoint(default_suites):
         for held in ("eval", "validation"):
             assert not set(frames[held]["skeleton"]) & seen, (task, held)
         assert not set(frames["eval"]["skeleton"]) & set(frames["validation"]["skeleton"]), task
-        recompute = {"math": _math_numbers, "code": _code_solution}.get(task)
-        if recompute is None:
-            continue
-        trained = {recompute(r) for s in ("train", "calibration") for r in frames[s].iter_rows(named=True)}
-        for held in ("eval", "validation"):
-            overlap = [r["id"] for r in frames[held].iter_rows(named=True) if recompute(r) in trained]
-            assert not overlap, (task, held, overlap[:3])
+        recomputations = {"math": (_math_numbers, _math_number_multiset), "code": (_code_solution, _code_behaviour)}
+        for recompute in recomputations.get(task, ()):
+            trained = {recompute(r) for s in ("train", "calibration") for r in frames[s].iter_rows(named=True)}
+            for held in ("eval", "validation"):
+                keys = [(r["id"], recompute(r)) for r in frames[held].iter_rows(named=True)]
+                assert all(k is not None for _, k in keys), (task, held, recompute.__name__)
+                overlap = [i for i, k in keys if k in trained]
+                assert not overlap, (task, held, recompute.__name__, overlap[:3])
 
 
 def test_validation_split_size_and_variety(default_suites):

@@ -39,8 +39,9 @@ conversation: `` {reply}``, qna: `` {answer}``); ``reference`` is the gold final
 after ``####``; code: the canonical solution; conversation: the reply; qna: the answer span).
 
 **Skeletons and splits.** An item's ``skeleton`` is the part that decides its answer: math, the template
-plus every equation of its reasoning (all its numbers); code, the body expression with argument names
-abstracted (operation plus constants; not the family, function name, wording or doctest values);
+plus its question's numbers in any order (so no held-out problem is a trained one with its numbers in other
+places); code, the body expression with argument names abstracted, one spelling per function (operation
+plus constants, ``x >= 26`` the same as ``x > 25``; not the family, function name, wording or doctest values);
 conversation, the reply; qna, the question and its answer (the fact asked); real data, the prompt. Synthetic
 splits are skeleton-disjoint: a seeded hash sends each skeleton to eval, validation or train
 (``data.eval_skeleton_share``, ``validation_skeleton_share``), calibration and train share the train

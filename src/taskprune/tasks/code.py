@@ -2,7 +2,7 @@
 
 Generator: 17 families of one-expression functions with parameter variation; ``test`` is a
 ``check(candidate)`` whose asserts come from executing the canonical solution; an item's skeleton is the
-body expression with argument names abstracted (``code_skeleton``). Scoring: base-style completions are cut
+body expression with argument names abstracted, one spelling per function (``code_skeleton``). Scoring: base-style completions are cut
 at the first new top-level statement, instruct-style answers contribute their fenced block; the program
 ``prompt + completion + test + check(entry_point)`` runs in :mod:`taskprune.tasks.sandbox` (the stage that
 scores runs it: ``TaskKind.programs``); pass@k is Chen et al.'s unbiased estimator.
@@ -334,17 +334,40 @@ def make_code(rng: random.Random, words: dict[str, Any] | None = None) -> dict[s
 _CODE_TOKEN = re.compile(r"'[^']*'|[A-Za-z_]\w*")
 
 
+_AT_LEAST = re.compile(r"(\$\d) >= (\d+)")
+_AT_MOST = re.compile(r"(\$\d) <= (\d+)")
+_CHOICE_BELOW = re.compile(r"^('[^']*') if (\$\d) < (\d+) else ('[^']*')$")
+_CHOICE_ODD = re.compile(r"^('[^']*') if (\$\d) % 2 == 1 else ('[^']*')$")
+
+
+def canonical_condition(expression: str) -> str:
+    """One spelling per function for the integer comparisons and two-way choices of an abstracted body.
+
+    Over integers ``$0 >= k`` is ``$0 > k-1`` and ``$0 <= k`` is ``$0 < k+1``; a choice
+    ``'a' if $0 < k else 'b'`` is ``'b' if $0 > k-1 else 'a'`` and ``'a' if $0 % 2 == 1 else 'b'`` is
+    ``'b' if $0 % 2 == 0 else 'a'``. Without this, ``x >= 26`` could be held out while ``x > 25``, the same
+    function, is trained on. Only argument comparisons (``$i``) are rewritten: the generator compares
+    list elements (``v``) with ``<`` and ``>`` only.
+    """
+    expression = _AT_LEAST.sub(lambda m: f"{m[1]} > {int(m[2]) - 1}", expression)
+    expression = _AT_MOST.sub(lambda m: f"{m[1]} < {int(m[2]) + 1}", expression)
+    expression = _CHOICE_BELOW.sub(lambda m: f"{m[4]} if {m[2]} > {int(m[3]) - 1} else {m[1]}", expression)
+    return _CHOICE_ODD.sub(lambda m: f"{m[3]} if {m[2]} % 2 == 0 else {m[1]}", expression)
+
+
 def code_skeleton(spec: _CodeSpec) -> str:
-    """``code|expression`` with the argument names replaced by ``$0, $1`` (string literals untouched).
+    """``code|expression`` with the argument names replaced by ``$0, $1`` (string literals untouched), in
+    :func:`canonical_condition`'s spelling.
 
     The expression is what decides the answer (operation and constants); the function name, argument
-    names, docstring wording and example inputs do not, so items differing only in those share a skeleton.
+    names, docstring wording and example inputs do not, so items differing only in those share a skeleton,
+    and so do two spellings of one function (``x >= 26``, ``x > 25``).
     The family is left out on purpose: two families writing the same body (``s * 5`` repeating a string,
     ``x * 5`` scaling an int) share the skeleton, so no held-out solution is a renamed training solution.
     """
     names = {n: f"${i}" for i, (n, _) in enumerate(spec.args)}
     expression = _CODE_TOKEN.sub(lambda m: names.get(m.group(), m.group()), spec.expression)
-    return f"code|{expression}"
+    return f"code|{canonical_condition(expression)}"
 
 
 

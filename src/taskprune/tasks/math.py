@@ -1,7 +1,8 @@
 """The ``math`` task kind: GSM8K-format word problems, their prompt format and their scoring.
 
 Generator: 12 templates of 2-4 steps ``a op b = c`` of ``+ - * /`` with integer results in [0, 99]
-(``MATH_RULES``); an item's skeleton is the template plus every equation of its reasoning. Scoring: the
+(``MATH_RULES``); an item's skeleton is the template plus the multiset of its question's numbers
+(``math_skeleton``). Scoring: the
 final answer is the last ``\\boxed{...}`` (nested braces allowed), else the first ``#### N``, else the last
 number (see :mod:`taskprune.evaluate` for the rules and :mod:`taskprune.tasks.metric_names` for the names).
 HF math-verify's check is heavy (its own dependency), so the evaluation stage passes it in
@@ -337,12 +338,18 @@ MATH_TEMPLATES: dict[str, Callable[[random.Random, dict[str, Any]], MathItem]] =
     "reading": _math_reading,
 }
 
-_EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 
+def math_skeleton(template: str, question: str) -> str:
+    """``template|n1,n2,...``: the template and its question's numbers, sorted (a multiset).
 
-def math_equations(answer: str) -> list[tuple[int, str, int, int]]:
-    """The ``a op b = c`` equations of a reasoning text, in order."""
-    return [(int(a), op, int(b), int(c)) for a, op, b, c in _EQUATION.findall(answer)]
+    The template and its numbers decide the answer. The numbers are sorted so that a problem whose numbers
+    only trade places with another's (9 jugs of 4 liters against 4 jugs of 9 liters, ``9*4`` against
+    ``4*9``) has the same skeleton: a held-out problem never shares its template and all its numbers with a
+    trained one, in any order. This is coarser than the reasoning's equations (two problems with the same
+    equations have the same numbers), so it also holds out every equation sequence of a held-out item.
+    """
+    numbers = sorted(int(n) for n in re.findall(r"\d+", question))
+    return f"{template}|" + ",".join(map(str, numbers))
 
 
 def make_math(rng: random.Random, words: dict[str, Any]) -> dict[str, str]:
@@ -354,7 +361,7 @@ def make_math(rng: random.Random, words: dict[str, Any]) -> dict[str, str]:
         except _Reject:
             continue
         answer = "\n".join([*lines, f"#### {value}"])
-        skeleton = f"{name}|" + ";".join(f"{a}{op}{b}={c}" for a, op, b, c in math_equations(answer))
+        skeleton = math_skeleton(name, question)
         return {"question": question, "answer": answer, "reference": str(value), "template": name, "skeleton": skeleton}
     raise RuntimeError(f"math template {name} rejected 1000 draws")  # pragma: no cover
 
