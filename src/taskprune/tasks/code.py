@@ -2,10 +2,11 @@
 
 Generator: 17 families of one-expression functions with parameter variation; ``test`` is a
 ``check(candidate)`` whose asserts come from executing the canonical solution; an item's skeleton is the
-body expression with argument names abstracted, one spelling per function (``code_skeleton``). Scoring: base-style completions are cut
-at the first new top-level statement, instruct-style answers contribute their fenced block; the program
-``prompt + completion + test + check(entry_point)`` runs in :mod:`taskprune.tasks.sandbox` (the stage that
-scores runs it: ``TaskKind.programs``); pass@k is Chen et al.'s unbiased estimator.
+body expression with argument names abstracted, one spelling per function (``code_skeleton``). Scoring:
+base-style completions are cut at the first new top-level statement, instruct-style answers contribute
+their fenced block; the program ``prompt + completion + test + check(entry_point)`` runs in
+:mod:`taskprune.tasks.sandbox` (the stage that scores runs it: ``TaskKind.programs``); pass@k is Chen et
+al.'s unbiased estimator.
 """
 
 from __future__ import annotations

@@ -2,11 +2,10 @@
 
 Generator: 12 templates of 2-4 steps ``a op b = c`` of ``+ - * /`` with integer results in [0, 99]
 (``MATH_RULES``); an item's skeleton is the template plus the multiset of its question's numbers
-(``math_skeleton``). Scoring: the
-final answer is the last ``\\boxed{...}`` (nested braces allowed), else the first ``#### N``, else the last
-number (see :mod:`taskprune.evaluate` for the rules and :mod:`taskprune.tasks.metric_names` for the names).
-HF math-verify's check is heavy (its own dependency), so the evaluation stage passes it in
-(``ScoreOptions.math_verify``) rather than this module importing it.
+(``math_skeleton``). Scoring: the final answer is the last ``\\boxed{...}`` (nested braces allowed), else
+the first ``#### N``, else the last number (see :mod:`taskprune.evaluate` for the rules and
+:mod:`taskprune.tasks.metric_names` for the names). HF math-verify's check is heavy (its own dependency),
+so the evaluation stage passes it in (``ScoreOptions.math_verify``) rather than this module importing it.
 """
 
 from __future__ import annotations
